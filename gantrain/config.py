@@ -1,0 +1,133 @@
+"""The typed schema of a run's config, and the range checks a type cannot express.
+
+Hydra merges the YAML groups under ``conf/`` into :class:`Config`, so a wrong type
+(``trainer.max_steps=abc``) is refused at compose time with the key named.
+:func:`validate` then checks ranges and combinations and raises :class:`UserError`
+with one sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class UserError(Exception):
+    """A problem the user can fix: the message is one sentence naming the problem and the fix."""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    batch_size: int = 64
+    root: Optional[str] = None
+    download: bool = False
+    split: str = "train"
+    # images (celeba, folder; MNIST-like data is 28x28 unless a model asks for another size)
+    resolution: Optional[int] = None
+    channels: Optional[int] = None
+    cache_dir: Optional[str] = None        # decoded-image caches; default: <root>/.gantrain_cache
+    max_device_bytes: int = 4 * 1024**3    # larger decoded data sets are streamed from the cache
+    decode_workers: int = 0                # 0 = one per CPU core
+    min_images: int = 1                    # a folder with fewer readable images is refused
+    # sine
+    size: Optional[int] = None
+    num_points: Optional[int] = None
+    amplitude: Optional[List[float]] = None
+    phase: Optional[List[float]] = None
+    noise: Optional[float] = None
+
+
+@dataclass
+class LossConfig:
+    name: str = "nonsaturating"
+    label_smoothing: float = 0.0
+    label_noise: float = 0.0
+    r1_gamma: float = 0.0
+    r1_interval: int = 16
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 2000
+    d_steps: int = 1
+    device: str = "auto"
+    precision: str = "32"
+    devices: int = 1
+    compile: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
+    sync_batchnorm: bool = False
+
+
+@dataclass
+class LogConfig:
+    every_n_steps: int = 50
+    sample_every_n_steps: int = 500
+    num_samples: int = 64
+    progress_bar: bool = True
+
+
+@dataclass
+class CkptConfig:
+    every_n_steps: int = 1000
+    keep: int = 3
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: Any = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+    seed: int = 0
+    resume: Optional[str] = None
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+LOSSES = ("nonsaturating", "minimax", "hinge", "least_squares")
+PRECISIONS = ("32", "bf16", "16")
+
+
+def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "a positive number"
+        raise UserError(f"{key}={value} is out of range: it must be {bound}.")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and combination checks; raises UserError with one sentence."""
+    for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices",
+                "log.every_n_steps", "log.sample_every_n_steps", "log.num_samples",
+                "ckpt.every_n_steps", "loss.r1_interval", "model.z_dim", "data.size",
+                "data.num_points", "data.resolution", "data.channels"):
+        _positive(cfg, key)
+    for key in ("ckpt.keep", "loss.r1_gamma", "loss.label_smoothing", "loss.label_noise", "data.noise"):
+        _positive(cfg, key, allow_zero=True)
+    for key in ("loss.label_smoothing", "loss.label_noise"):
+        if OmegaConf.select(cfg, key) >= 1:
+            raise UserError(f"{key}={OmegaConf.select(cfg, key)} is out of range: it must be below 1.")
+    for net in ("generator", "discriminator"):
+        lr = OmegaConf.select(cfg, f"optim.{net}.lr")
+        if lr is not None and (not isinstance(lr, (int, float)) or lr <= 0):
+            raise UserError(f"optim.{net}.lr={lr} is invalid: the learning rate must be a positive number.")
+    if cfg.loss.name not in LOSSES:
+        raise UserError(f"loss.name={cfg.loss.name} is unknown: choose one of {', '.join(LOSSES)}.")
+    if str(cfg.trainer.precision) not in PRECISIONS:
+        raise UserError(f"trainer.precision={cfg.trainer.precision} is unknown: choose 32, bf16 or 16.")
+    if cfg.loss.name in ("hinge", "least_squares") and (cfg.loss.label_smoothing or cfg.loss.label_noise):
+        raise UserError(f"label smoothing and label noise apply to the BCE losses only, not loss={cfg.loss.name}.")
+    if cfg.data.name == "folder" and OmegaConf.is_missing(cfg.data, "root"):
+        raise UserError("data=folder needs the images' location: add data.root=/path/to/images.")
