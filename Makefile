@@ -1,0 +1,35 @@
+# gantrain: every target creates and uses the project virtualenv in $(VENV).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+# torch/torchvision wheels: override for another platform, e.g. make install TORCH="torch torchvision"
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+ARGS    ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train test tensorboard bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+train: install                       ## default run: MLP GAN on the built-in sine curves
+	$(VENV)/bin/gantrain $(ARGS)
+
+test: install                        ## the test suite (CPU, offline, a few minutes)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+tensorboard: install                 ## TensorBoard on http://127.0.0.1:6006
+	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+
+bench: install                       ## the performance benchmark (writes docs/BENCHMARKS.md)
+	$(PY) benchmarks/bench.py $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check gantrain tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

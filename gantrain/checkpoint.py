@@ -1,0 +1,140 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that loading it can never
+run code: G, D, G-EMA, both optimisers, both AMP scalers, the step, every RNG state, the fixed grid
+latents and the resolved config.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gantrain.config import UserError
+
+FORMAT_VERSION = 1
+_PERIODIC = re.compile(r"^step_(\d+)\.pt$")
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, as weights-only-loadable data."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------------------------ writing
+def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write atomically: a temp file in the same folder, flushed and fsynced, then renamed over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            need = sum(t.numel() * t.element_size() for t in _tensors(obj)) / 2**20
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise UserError(f"the disk is full: writing {path} needs about {need:.0f} MiB and {free:.0f} MiB "
+                            f"are free; free some space and resume (the previous checkpoint is intact).") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write {path}: the run directory is not writable; "
+                            "choose another with hydra.run.dir=PATH.") from e
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def save_periodic(obj: dict[str, Any], ckpt_dir: Path, step: int, keep: int) -> Path:
+    """``step_XXXXXXX.pt``, keeping the newest ``keep`` of them (``last.pt`` is handled by the caller)."""
+    path = ckpt_dir / f"step_{step:07d}.pt"
+    save(obj, path)
+    periodic = sorted(p for p in ckpt_dir.iterdir() if _PERIODIC.match(p.name))
+    for old in periodic[: max(0, len(periodic) - keep)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ reading
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; every problem becomes a UserError with one sentence."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist: check the path (or use resume=auto).")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder: give the .pt file, e.g. {path}/checkpoints/last.pt.")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): use an earlier checkpoint from the same folder.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
+                        "(it could run code when loaded), so it was not loaded.") from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise UserError(f"checkpoint {path} is damaged or truncated ({str(e).splitlines()[0][:80]}): "
+                        "use an earlier checkpoint from the same folder.") from e
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "G" not in ckpt:
+        raise UserError(f"{path} is not a gantrain checkpoint (no format_version / G entries).")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format version {ckpt['format_version']}, newer than this "
+                        f"gantrain understands ({FORMAT_VERSION}): upgrade gantrain.")
+    return ckpt
+
+
+def find_latest(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint in ``run_dir/checkpoints`` (last.pt, else the highest step_*.pt)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return None
+    if (ckpt_dir / "last.pt").is_file():
+        return ckpt_dir / "last.pt"
+    periodic = sorted(p for p in ckpt_dir.iterdir() if _PERIODIC.match(p.name))
+    return periodic[-1] if periodic else None

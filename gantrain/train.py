@@ -1,0 +1,368 @@
+"""The training loop: setup -> data -> models -> loss/optimisers -> resume -> steps -> final metric.
+
+Each step: ``trainer.d_steps`` discriminator steps (a real batch labelled real, an equal batch of
+``G(z).detach()`` labelled fake; only D changes), then one generator step (fresh fakes labelled real,
+D frozen; only G changes), then the generator EMA. Scalars are accumulated on the device and read back
+only at log steps, so the hot loop never waits for the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from gantrain import checkpoint, distributed
+from gantrain.config import UserError, validate
+from gantrain.data import build_dataset
+from gantrain.losses import GANLoss
+from gantrain.summaries import Summaries, curves_figure, flatten
+
+log = logging.getLogger(__name__)
+
+# keys that may differ between a checkpoint and the run that resumes it
+RESUME_SAFE = ("trainer.max_steps", "trainer.device", "trainer.compile", "trainer.devices", "log.", "ckpt.",
+               "resume", "metrics.", "data.root", "data.download", "data.cache_dir", "data.decode_workers",
+               "data.max_device_bytes")
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving; ``signum`` says which."""
+
+    def __init__(self, signum: int, path: Path | None):
+        super().__init__(f"stopped by signal {signum}; saved {path}")
+        self.signum, self.path = signum, path
+
+
+# -------------------------------------------------------------------------------------------- setup
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"trainer.device={name} was asked for but no CUDA GPU is available: "
+                            "use trainer.device=auto or trainer.device=cpu.")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"trainer.device={name} does not exist: this machine has "
+                            f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...).")
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"trainer.device={name} is unknown: use auto, cpu, cuda or cuda:K.")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    precision = str(precision)
+    if precision == "32":
+        return None
+    if precision == "16":
+        if device.type != "cuda":
+            raise UserError("trainer.precision=16 needs a CUDA GPU: use trainer.precision=bf16 or 32 on the CPU.")
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("trainer.precision=bf16 is not supported by this GPU: use trainer.precision=16 or 32.")
+    return torch.bfloat16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_network(node: DictConfig, name: str, shape: tuple[int, ...]) -> torch.nn.Module:
+    try:
+        return instantiate(node, shape=shape)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"cannot build the {name} from model.{name}: {cause or e}.") from e
+
+
+class EMA:
+    """Generator EMA (torch.optim.swa_utils.AveragedModel) with a half-life in images and a ramp-up.
+
+    As in stylegan2-ada, the half-life is ``ema_kimg`` thousand images, but at most ``rampup`` times the
+    images seen so far, so short runs are not dominated by the random initialisation. Buffers (BatchNorm
+    running statistics, StyleGAN's w_avg) are copied from G, not averaged: they are running averages already.
+    """
+
+    def __init__(self, G: torch.nn.Module, ema_kimg: float, rampup: float = 0.05):
+        self.ema_nimg, self.rampup, self.beta = ema_kimg * 1000, rampup, 0.0
+        self.model = AveragedModel(G, multi_avg_fn=self._lerp, use_buffers=False)
+        self.model.eval().requires_grad_(False)
+
+    def _lerp(self, ema_params, params, _num_averaged):
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.beta)
+
+    @torch.no_grad()
+    def update(self, G: torch.nn.Module, images_seen: int, batch: int) -> None:
+        half_life = min(self.ema_nimg, images_seen * self.rampup) if self.rampup else self.ema_nimg
+        self.beta = 0.5 ** (batch / max(half_life, 1e-8))
+        self.model.update_parameters(G)
+        for b_ema, b in zip(self.model.module.buffers(), G.buffers()):
+            b_ema.copy_(b)
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and raises Interrupted."""
+    received: list[int] = []
+
+    def handler(signum, _frame):
+        if received:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: no handlers
+        old = {}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def check_resumable(saved: dict, cfg: DictConfig, shape: tuple[int, ...]) -> None:
+    """Refuse a checkpoint of another model or data shape; warn about other changed settings."""
+    if tuple(saved["data_shape"]) != tuple(shape):
+        raise UserError(f"the checkpoint was trained on data of shape {tuple(saved['data_shape'])} but this run's "
+                        f"data has shape {tuple(shape)}: resume with the same data (and data.resolution).")
+    old, new = flatten(saved["config"]), flatten(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key) or key.startswith(RESUME_SAFE):
+            continue
+        if key.startswith("model."):
+            raise UserError(f"the checkpoint is of another model ({key}={old.get(key)} there, {new.get(key)} "
+                            "here): resume with the checkpoint's model settings or start a new run.")
+        log.warning("resuming with %s=%s (the checkpoint had %s)", key, new.get(key), old.get(key))
+
+
+# --------------------------------------------------------------------------------------------- train
+def train(cfg: DictConfig, out_dir: str | Path) -> float:
+    """Train as ``cfg`` says, writing into ``out_dir``; returns the final value of the primary metric."""
+    validate(cfg)
+    out_dir = Path(out_dir)
+    main_proc = distributed.is_main()
+    rank, world = distributed.rank(), distributed.world_size()
+
+    # ---- setup
+    device = select_device(cfg.trainer.device)
+    amp_dtype = autocast_dtype(cfg.trainer.precision, device)
+    seed_everything(cfg.seed + rank)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data (real batches already on the device)
+    resolution = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
+    data = build_dataset(cfg.data, device=device, seed=cfg.seed, rank=rank, world_size=world,
+                         resolution=resolution, progress=main_proc)
+    shape, batch = tuple(data.shape), cfg.data.batch_size
+
+    # ---- models, sized from the data
+    G = build_network(cfg.model.generator, "generator", shape).to(device)
+    D = build_network(cfg.model.discriminator, "discriminator", shape).to(device)
+    channels_last = cfg.trainer.channels_last and len(shape) == 3
+    if channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.trainer.compile else (G, D)
+
+    # ---- loss and optimisers
+    loss = GANLoss(**cfg.loss)
+    opt_G = instantiate(cfg.optim.generator)(G.parameters())
+    opt_D = instantiate(cfg.optim.discriminator)(D.parameters())
+    scaler_G = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler_D = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    z_dim = G.z_dim
+    grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+
+    # ---- resume
+    start = 0
+    resume_from = _resume_path(cfg, out_dir)
+    if resume_from is not None:
+        saved = checkpoint.load(resume_from, map_location=device)
+        check_resumable(saved, cfg, shape)
+        G.load_state_dict(saved["G"])
+        D.load_state_dict(saved["D"])
+        if ema is not None and saved.get("G_ema") is not None:
+            ema.model.load_state_dict(saved["G_ema"])
+        opt_G.load_state_dict(saved["opt_G"])
+        opt_D.load_state_dict(saved["opt_D"])
+        scaler_G.load_state_dict(saved["scaler_G"])
+        scaler_D.load_state_dict(saved["scaler_D"])
+        grid_z = saved["grid_z"].cpu()
+        start = saved["step"]
+        rng = saved["rng"][rank] if rank < len(saved["rng"]) else None
+        if rng is not None:
+            checkpoint.set_rng_state(rng)
+        log.info("resumed from %s at step %d", resume_from, start)
+    grid_z = grid_z.to(device)
+
+    def state(step: int) -> dict[str, Any]:
+        return {
+            "format_version": checkpoint.FORMAT_VERSION, "step": step, "data_shape": list(shape),
+            "model": cfg.model.name, "data": cfg.data.name,
+            "G": G.state_dict(), "D": D.state_dict(), "G_ema": ema.model.state_dict() if ema else None,
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
+            "grid_z": grid_z.cpu(), "rng": [checkpoint.rng_state()],
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+    ckpt_dir = out_dir / "checkpoints"
+    last_saved: Path | None = resume_from
+
+    def save(step: int, periodic: bool) -> None:
+        nonlocal last_saved
+        if not main_proc:
+            return
+        bad = [n for n, p in G.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise UserError(f"the generator's weights became NaN/Inf by step {step} ({bad[0]}); the last good "
+                            f"checkpoint {last_saved} is kept: lower the learning rates, use trainer.precision=32 "
+                            "or add a gradient penalty (loss.r1_gamma).")
+        obj = state(step)
+        if periodic:
+            checkpoint.save_periodic(obj, ckpt_dir, step, cfg.ckpt.keep)
+        checkpoint.save(obj, ckpt_dir / "last.pt")
+        last_saved = ckpt_dir / "last.pt"
+
+    # ---- logging (rank 0 only)
+    tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
+    metric_tags = ["Loss/D", "Loss/G", "D/real", "D/fake"]
+    tb.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)), metric_tags)
+
+    @torch.no_grad()
+    def log_samples(step: int) -> None:
+        if not main_proc:
+            return
+        net = ema.model.module if ema else G
+        was_training = net.training
+        net.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            fake = torch.cat([net(z) for z in grid_z.split(256)])
+            if data.kind == "curve":
+                tb.figure("samples", curves_figure(fake, data.real_samples(16), getattr(data, "x", None)), step)
+            else:
+                tb.images("samples", fake, step)
+        net.train(was_training)
+        tb.flush()
+
+    # ---- the loop
+    acc = torch.zeros(4, device=device)  # sums of Loss/D, Loss/G, D/real, D/fake since the last log
+    acc_n, t_last, step_last = 0, time.perf_counter(), start
+    final = {}
+    pbar = tqdm(total=cfg.trainer.max_steps, initial=start, disable=not (main_proc and cfg.log.progress_bar),
+                dynamic_ncols=True, desc=f"{cfg.model.name}/{cfg.data.name}", mininterval=1.0)
+    step = start
+    try:
+        with stop_on_signals() as stop:
+            while step < cfg.trainer.max_steps and not stop:
+                G.train()
+                D.train()
+                # D step(s): real labelled real, G(z).detach() labelled fake; only D changes
+                D.requires_grad_(True)
+                for k in range(cfg.trainer.d_steps):
+                    d_index = step * cfg.trainer.d_steps + k
+                    real = data.batch(d_index, batch)
+                    if channels_last:
+                        real = real.contiguous(memory_format=torch.channels_last)
+                    z = torch.randn(batch, z_dim, device=device)
+                    with autocast():
+                        with torch.no_grad():
+                            fake = G_run(z)
+                        d_real, d_fake = D_run(real), D_run(fake)
+                        loss_D = loss.d_loss(d_real, d_fake)
+                    if loss.r1_due(d_index):
+                        loss_D = loss_D + loss.r1(D, real)
+                    opt_D.zero_grad(set_to_none=True)
+                    scaler_D.scale(loss_D).backward()
+                    scaler_D.step(opt_D)
+                    scaler_D.update()
+
+                # G step: fresh fakes labelled real, D frozen; only G changes
+                D.requires_grad_(False)
+                z = torch.randn(batch, z_dim, device=device)
+                with autocast():
+                    loss_G = loss.g_loss(D_run(G_run(z)))
+                opt_G.zero_grad(set_to_none=True)
+                scaler_G.scale(loss_G).backward()
+                scaler_G.step(opt_G)
+                scaler_G.update()
+                step += 1
+                if ema is not None:
+                    ema.update(G, images_seen=step * batch * world, batch=batch * world)
+
+                acc += torch.stack([loss_D.detach(), loss_G.detach(), torch.sigmoid(d_real.detach().float()).mean(),
+                                    torch.sigmoid(d_fake.detach().float()).mean()])
+                acc_n += 1
+                pbar.update(1)
+
+                # ---- logs, grids, checkpoints (the only places that wait for the device)
+                if step % cfg.log.every_n_steps == 0 or step == cfg.trainer.max_steps:
+                    values = dict(zip(metric_tags, (distributed.all_reduce_mean(acc) / acc_n).tolist()))
+                    now = time.perf_counter()
+                    ips = (step - step_last) * batch * cfg.trainer.d_steps * world / (now - t_last)
+                    acc.zero_()
+                    acc_n, t_last, step_last = 0, now, step
+                    if not all(math.isfinite(v) for v in values.values()):
+                        bad = next(k for k, v in values.items() if not math.isfinite(v))
+                        raise UserError(f"training diverged at step {step}: {bad} is {values[bad]}; the last good "
+                                        f"checkpoint {last_saved} is kept: lower the learning rates, use "
+                                        "trainer.precision=32 or add a gradient penalty (loss.r1_gamma).")
+                    final = values
+                    tb.scalars({**values, "Perf/images_per_sec": ips, "LR/G": opt_G.param_groups[0]["lr"],
+                                "LR/D": opt_D.param_groups[0]["lr"]}, step)
+                    if amp_dtype == torch.float16:
+                        tb.scalars({"AMP/scale_G": scaler_G.get_scale(), "AMP/scale_D": scaler_D.get_scale()}, step)
+                    pbar.set_postfix({"D": f"{values['Loss/D']:.3f}", "G": f"{values['Loss/G']:.3f}",
+                                      "img/s": f"{ips:.0f}"}, refresh=False)
+                    tb.flush()
+                if step % cfg.log.sample_every_n_steps == 0 or step == cfg.trainer.max_steps:
+                    log_samples(step)
+                if step % cfg.ckpt.every_n_steps == 0:
+                    save(step, periodic=True)
+            if step > start or last_saved is None:
+                save(step, periodic=False)
+            if stop:
+                raise Interrupted(stop[0], last_saved)
+    finally:
+        pbar.close()
+        tb.close()
+        data.close()
+    return float(final.get("Loss/G", float("nan")))
+
+
+def _resume_path(cfg: DictConfig, out_dir: Path) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = checkpoint.find_latest(out_dir)
+        if found is None:
+            log.info("resume=auto: no checkpoint in %s yet, starting a new run", out_dir / "checkpoints")
+        return found
+    return Path(cfg.resume).expanduser()
