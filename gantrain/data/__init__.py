@@ -1,0 +1,53 @@
+"""The data stage: real batches already on the device, and the shape of one example.
+
+    data = build_dataset(cfg.data, device=device, seed=cfg.seed, rank=rank, world_size=world_size,
+                         resolution=model_resolution, progress=rank == 0)
+    x = data.batch(step, cfg.data.batch_size)   # pure in (seed, rank, world_size, step, batch_size)
+
+Data knows nothing of models: a model that needs another image size passes ``resolution``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from gantrain.config import UserError
+from gantrain.data.base import Dataset, TensorDataset
+from gantrain.data.images import StreamingImageDataset
+from gantrain.data.sine import SineDataset
+
+log = logging.getLogger(__name__)
+
+NAMES = ("sine", "mnist", "fashion_mnist", "celeba", "folder")
+
+__all__ = ["NAMES", "Dataset", "SineDataset", "StreamingImageDataset", "TensorDataset", "build_dataset"]
+
+
+def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,
+                  resolution: Optional[int] = None, progress: bool = True) -> Dataset:
+    """Build the data set named by ``cfg_data.name`` (the ``data`` config node).
+
+    ``resolution``: the image size the model needs. MNIST-like data (28x28) is padded with the
+    background value (0, i.e. -1 after scaling to [-1, 1]) up to it, or resized down to it; for
+    celeba/folder it overrides ``data.resolution``. Ignored for sine curves.
+    ``progress``: show a progress bar while decoding images (pass ``rank == 0``).
+    """
+    from gantrain.data import images
+
+    name = cfg_data.name
+    device = torch.device(device)
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size)
+    if name == "sine":
+        ds = SineDataset(cfg_data, **common)
+    elif name in ("mnist", "fashion_mnist"):
+        ds = images.build_mnist(cfg_data, resolution=resolution, **common)
+    elif name in ("celeba", "folder"):
+        ds = images.build_folder(cfg_data, resolution=resolution, progress=progress, **common)
+    else:
+        raise UserError(f"data.name={name} is unknown: choose one of {', '.join(NAMES)}.")
+    log.info("data %s: %d examples of shape %s for this process, %s on %s", ds.name, ds.num_examples,
+             ds.shape, "streamed" if isinstance(ds, StreamingImageDataset) else "resident", device)
+    return ds

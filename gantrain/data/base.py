@@ -1,0 +1,176 @@
+"""The dataset contract shared by every data set: deterministic, shardable, resumable batches.
+
+``batch(step, batch_size)`` is a pure function of ``(seed, rank, world_size, step, batch_size)``:
+
+* epoch ``e = step // batches_per_epoch`` with ``batches_per_epoch = num_examples // batch_size``
+  (the last incomplete batch of an epoch is dropped);
+* the global permutation of all examples for epoch ``e`` comes from a CPU ``torch.Generator``
+  seeded from ``(seed, e)`` (so it is the same on CPU and CUDA);
+* rank ``r`` takes ``perm[r::world_size]`` cut to ``num_examples = total // world_size`` items,
+  so ranks see disjoint shards and the same number of batches.
+
+Resuming at step ``s`` therefore needs no data state. The permutation of the current epoch is
+cached (on the device for device-resident data); ``batch`` never synchronises host and device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from gantrain.config import UserError
+
+# real_samples() draws its fixed examples with this seed, independent of the run's seed.
+REAL_SAMPLES_SEED = 0x5EED
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit generator seed for ``(seed, epoch)``."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) % 2**63
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without blocking the host when the device is CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class Dataset:
+    """Base class; subclasses implement ``_gather`` (and may override ``_gather_cpu``)."""
+
+    kind: str                      # "image" or "curve"
+    shape: Tuple[int, ...]         # (C, H, W) for images, (L,) for curves
+    num_examples: int              # examples visible to this rank
+    name: str
+
+    def __init__(self, *, name: str, kind: str, shape: Tuple[int, ...], total: int, device: torch.device,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+        self.name = name
+        self.kind = kind
+        self.shape = tuple(int(s) for s in shape)
+        self.total = int(total)                  # examples in the whole data set (all ranks)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.num_examples = self.total // self.world_size
+        if self.num_examples < 1:
+            raise UserError(f"data set {name} has {self.total} examples, too few to give each of "
+                            f"{self.world_size} processes one; use fewer processes or more data.")
+        self._perm_lock = threading.Lock()
+        self._perm_cpu: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        self._perm_dev: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+
+    # ------------------------------------------------------------------ permutations
+    def batches_per_epoch(self, batch_size: int) -> int:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        bpe = self.num_examples // batch_size
+        if bpe < 1:
+            raise UserError(f"data.batch_size={batch_size} is larger than the {self.num_examples} examples "
+                            f"of data set {self.name} per process; lower data.batch_size.")
+        return bpe
+
+    def epoch_permutation(self, epoch: int) -> torch.Tensor:
+        """This rank's example order for ``epoch`` (CPU int64 tensor of length ``num_examples``)."""
+        with self._perm_lock:
+            perm = self._perm_cpu.get(epoch)
+            if perm is None:
+                g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+                glob = torch.randperm(self.total, generator=g)
+                perm = glob[self.rank::self.world_size][: self.num_examples].contiguous()
+                self._perm_cpu[epoch] = perm
+                while len(self._perm_cpu) > 2:           # current epoch + the one prefetching may cross into
+                    self._perm_cpu.popitem(last=False)
+            return perm
+
+    def _epoch_permutation_device(self, epoch: int) -> torch.Tensor:
+        perm = self._perm_dev.get(epoch)
+        if perm is None:
+            perm = to_device(self.epoch_permutation(epoch), self.device)
+            self._perm_dev[epoch] = perm
+            while len(self._perm_dev) > 2:
+                self._perm_dev.popitem(last=False)
+        return perm
+
+    def _position(self, step: int, batch_size: int) -> Tuple[int, int]:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        bpe = self.batches_per_epoch(batch_size)
+        epoch, j = divmod(int(step), bpe)
+        return epoch, j * batch_size
+
+    def indices(self, step: int, batch_size: int) -> torch.Tensor:
+        """The example indices of ``batch(step, batch_size)`` (CPU int64), for tests and debugging."""
+        epoch, start = self._position(step, batch_size)
+        return self.epoch_permutation(epoch)[start:start + batch_size]
+
+    def _fixed_indices(self, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(REAL_SAMPLES_SEED)
+        perm = torch.randperm(self.total, generator=g)
+        return perm[torch.arange(n) % self.total]
+
+    # ------------------------------------------------------------------ public API
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        """Real examples for ``step``: float32 on the device ((N,C,H,W) in [-1, 1], or (N,L) curves)."""
+        epoch, start = self._position(step, batch_size)
+        idx = self._epoch_permutation_device(epoch)[start:start + batch_size]
+        return self._gather(idx)
+
+    def real_samples(self, n: int) -> torch.Tensor:
+        """``n`` fixed examples (the same on every call, every rank and every run seed)."""
+        if n < 1:
+            raise ValueError(f"n must be positive, got {n}")
+        return self._gather(to_device(self._fixed_indices(n), self.device))
+
+    def close(self) -> None:
+        self._perm_cpu.clear()
+        self._perm_dev.clear()
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:   # idx: int64 on self.device
+        raise NotImplementedError
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, shape={self.shape}, "
+                f"num_examples={self.num_examples}, device={self.device})")
+
+
+class TensorDataset(Dataset):
+    """Everything on the device in one tensor. ``data`` is either uint8 images (N,C,H,W), converted to
+    float in [-1, 1] per batch, or float curves (N,L) returned as they are."""
+
+    def __init__(self, data: torch.Tensor, **kw) -> None:
+        super().__init__(shape=tuple(data.shape[1:]), total=data.shape[0], **kw)
+        self.data = data.to(self.device)
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        x = torch.index_select(self.data, 0, idx)
+        if x.dtype == torch.uint8:
+            return uint8_to_float(x)
+        return x.float()
+
+    def close(self) -> None:
+        super().close()
+        self.data = self.data[:0]
+
+
+def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1 and 255 -> 1 exactly)."""
+    return x.float().div_(127.5).sub_(1.0)
