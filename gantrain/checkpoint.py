@@ -23,6 +23,7 @@ from gantrain.config import UserError
 
 FORMAT_VERSION = 1
 _PERIODIC = re.compile(r"^step_(\d+)\.pt$")
+_TEMP = re.compile(r"^\..+\.pt\.tmp(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------- RNG
@@ -93,6 +94,33 @@ def _tensors(obj: Any):
             yield from _tensors(v)
 
 
+def remove_stale_temps(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files (``.NAME.tmpPID``) of writers that no longer run, e.g. a run killed mid-write."""
+    removed = []
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return removed
+    for p in ckpt_dir.iterdir():
+        m = _TEMP.match(p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def save_periodic(obj: dict[str, Any], ckpt_dir: Path, step: int, keep: int) -> Path:
     """``step_XXXXXXX.pt``, keeping the newest ``keep`` of them (``last.pt`` is handled by the caller)."""
     path = ckpt_dir / f"step_{step:07d}.pt"
@@ -118,8 +146,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except pickle.UnpicklingError as e:
         raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
                         "(it could run code when loaded), so it was not loaded.") from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise UserError(f"checkpoint {path} is damaged or truncated ({str(e).splitlines()[0][:80]}): "
+    except Exception as e:  # noqa: BLE001 - garbage bytes surface as KeyError, IndexError, struct.error, ...
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise UserError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {detail}): "
                         "use an earlier checkpoint from the same folder.") from e
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "G" not in ckpt:
         raise UserError(f"{path} is not a gantrain checkpoint (no format_version / G entries).")

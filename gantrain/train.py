@@ -235,6 +235,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
 
     ckpt_dir = out_dir / "checkpoints"
     last_saved: Path | None = resume_from
+    if main_proc:
+        checkpoint.remove_stale_temps(ckpt_dir)  # left by a run killed while writing
 
     def save(step: int, periodic: bool) -> None:
         nonlocal last_saved
@@ -246,10 +248,11 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                             f"checkpoint {last_saved} is kept: lower the learning rates, use trainer.precision=32 "
                             "or add a gradient penalty (loss.r1_gamma).")
         obj = state(step)
-        if periodic:
-            checkpoint.save_periodic(obj, ckpt_dir, step, cfg.ckpt.keep)
+        # last.pt first: a crash between the two writes leaves last.pt the newest (resume=auto's choice)
         checkpoint.save(obj, ckpt_dir / "last.pt")
         last_saved = ckpt_dir / "last.pt"
+        if periodic:
+            checkpoint.save_periodic(obj, ckpt_dir, step, cfg.ckpt.keep)
 
     # ---- logging (rank 0 only)
     tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
