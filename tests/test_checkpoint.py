@@ -122,7 +122,7 @@ def test_resume_refuses_another_model_or_data_shape(tmp_path, override, fragment
 
 
 def test_resume_refuses_another_model_family(tmp_path, image_folder):
-    run(tmp_path / "run", *tiny("gan"), "data=folder", f"data.root={image_folder}", "data.resolution=16",
+    run(tmp_path / "run", *tiny("gan"), "data=folder", f"data.root={image_folder}", "data.resolution=16", "metrics=off",
         "trainer.max_steps=1")
     with pytest.raises(UserError, match="another model"):
         run(tmp_path / "run", *dcgan_folder(image_folder), "trainer.max_steps=2", "resume=auto")
