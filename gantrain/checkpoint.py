@@ -146,7 +146,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except pickle.UnpicklingError as e:
         raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
                         "(it could run code when loaded), so it was not loaded.") from e
-    except Exception as e:  # noqa: BLE001 - garbage bytes surface as KeyError, IndexError, struct.error, ...
+    except Exception as e:  # garbage bytes surface as KeyError, IndexError, struct.error, ...
         detail = (str(e).splitlines() or [type(e).__name__])[0][:80]
         raise UserError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {detail}): "
                         "use an earlier checkpoint from the same folder.") from e

@@ -23,8 +23,9 @@ import re
 import secrets
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -242,13 +243,13 @@ def write_npz(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool) 
     name = "curves" if curves else "images"
     header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
               "shape": (n, *arr.shape[1:])}
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, header)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf, \
+            zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        f.write(np.ascontiguousarray(arr).tobytes())
+        for b in batches:
+            arr = b.numpy().astype(np.float32) if curves else to_uint8(b)
             f.write(np.ascontiguousarray(arr).tobytes())
-            for b in batches:
-                arr = b.numpy().astype(np.float32) if curves else to_uint8(b)
-                f.write(np.ascontiguousarray(arr).tobytes())
     os.replace(tmp, out)
 
 

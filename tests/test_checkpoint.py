@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -122,8 +121,8 @@ def test_resume_refuses_another_model_or_data_shape(tmp_path, override, fragment
 
 
 def test_resume_refuses_another_model_family(tmp_path, image_folder):
-    run(tmp_path / "run", *tiny("gan"), "data=folder", f"data.root={image_folder}", "data.resolution=16", "metrics=off",
-        "trainer.max_steps=1")
+    run(tmp_path / "run", *tiny("gan"), "data=folder", f"data.root={image_folder}", "data.resolution=16",
+        "metrics=off", "trainer.max_steps=1")
     with pytest.raises(UserError, match="another model"):
         run(tmp_path / "run", *dcgan_folder(image_folder), "trainer.max_steps=2", "resume=auto")
 
@@ -132,7 +131,8 @@ def test_resume_refuses_another_model_family(tmp_path, image_folder):
 def test_atomic_save_leaves_no_temp_files_and_cleans_stale_ones(tmp_path):
     ckpt_dir = tmp_path / "run" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     stale = ckpt_dir / f".last.pt.tmp{int(dead.stdout)}"
     stale.write_bytes(b"half a checkpoint")
     run(tmp_path / "run", *GAN_SINE, "trainer.max_steps=4", "ckpt.every_n_steps=1", "ckpt.keep=2")

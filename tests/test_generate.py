@@ -3,7 +3,6 @@ truncation, the EMA generator, CUDA checkpoints on a CPU, foreign ``_target_``s 
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -171,7 +170,7 @@ def test_default_output_is_samples_png(tmp_path, ckpts):
 def test_seed_makes_the_output_reproducible(tmp_path, ckpts):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         gen(ckpts["stylegan"], "-n", 6, "-o", tmp_path / f"{name}.npz", "--seed", seed)
-    load = lambda n: np.load(tmp_path / f"{n}.npz")["images"]  # noqa: E731
+    load = lambda n: np.load(tmp_path / f"{n}.npz")["images"]
     assert np.array_equal(load("a"), load("b"))
     assert not np.array_equal(load("a"), load("c"))
 
@@ -180,11 +179,11 @@ def test_truncation_for_stylegan(tmp_path, ckpts):
     for psi in ("1", "0.5", "0"):
         gen(ckpts["stylegan"], "-n", 4, "-o", tmp_path / f"psi{psi}.npz", "--seed", 1, "--truncation", psi)
     gen(ckpts["stylegan"], "-n", 4, "-o", tmp_path / "plain.npz", "--seed", 1)
-    load = lambda n: np.load(tmp_path / f"{n}.npz")["images"].astype(int)  # noqa: E731
+    load = lambda n: np.load(tmp_path / f"{n}.npz")["images"].astype(int)
     assert np.array_equal(load("psi1"), load("plain"))
     zero = load("psi0")
     assert all(np.array_equal(zero[0], x) for x in zero)    # psi=0: every sample is the average w
-    spread = lambda x: np.abs(x - x.mean(0)).mean()  # noqa: E731
+    spread = lambda x: np.abs(x - x.mean(0)).mean()
     assert spread(load("psi0.5")) < spread(load("plain"))
 
 
