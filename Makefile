@@ -26,7 +26,7 @@ tensorboard: install                 ## TensorBoard on http://127.0.0.1:6006
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
 
 bench: install                       ## the performance benchmark (writes docs/BENCHMARKS.md)
-	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) -m gantrain.bench --write $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check gantrain tests

@@ -1,0 +1,316 @@
+"""Benchmark: the gantrain loop against its ceiling and against a hand-written PyTorch loop.
+
+    python -m gantrain.bench [--device auto] [--cases gan-mnist,dcgan-mnist,...] [--seconds 20] [--write]
+
+For each case, on the current device and in one run:
+- loop: the whole ``gantrain`` training loop (``train()``: progress bar, logging, grids and checkpoints
+  at their default intervals), images/s from the marginal time of extra steps (setup excluded);
+- ceiling: the same networks, losses and optimisers fed from a tensor already on the device, no logging;
+- baseline: the same networks trained by the loop a user would write by hand: a torchvision dataset and
+  a ``DataLoader`` (ToTensor/Normalize per sample, the usual workers), fp32, eager.
+Images/s counts real images shown to D. Data is written in the real formats (IDX files, a JPEG folder)
+into a temporary directory, unless ``--data-root`` points at real data. ``--write`` puts the table into
+docs/BENCHMARKS.md between the ``bench`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import resource
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+
+CASES = {  # name: (model overrides, data overrides)
+    "gan-mnist": (["model=gan"], ["data=mnist"]),
+    "dcgan-mnist": (["model=dcgan"], ["data=mnist"]),
+    "dcgan-celeba64": (["model=dcgan"], ["data=celeba", "data.resolution=64"]),
+    "stylegan-32": (["model=stylegan"], ["data=mnist"]),
+    "stylegan-64": (["model=stylegan"], ["data=celeba", "data.resolution=64"]),
+}
+
+
+def write_data(root: Path, n_mnist: int, n_jpeg: int) -> None:
+    """Random data in the real formats: MNIST IDX files and a CelebA-style JPEG folder (178x218)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_mnist), ("t10k", 16)):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + rng.integers(0, 10, n, dtype=np.uint8).tobytes())
+    faces = root / "celeba" / "img_align_celeba"
+    faces.mkdir(parents=True, exist_ok=True)
+    for i in range(n_jpeg):
+        img = rng.integers(0, 256, (218 // 8, 178 // 8, 3), dtype=np.uint8)
+        Image.fromarray(img).resize((178, 218)).save(faces / f"{i + 1:06d}.jpg", quality=90)
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gantrain.cli import config_dir
+    from gantrain.config import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_steps(step_fn, device: torch.device, seconds: float, min_steps: int = 5) -> tuple[int, float]:
+    """Run ``step_fn`` for about ``seconds`` after a warm-up; returns (steps, elapsed)."""
+    for _ in range(3):
+        step_fn()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - t0 < seconds:
+        step_fn()
+        n += 1
+    sync(device)
+    return n, time.perf_counter() - t0
+
+
+class Networks:
+    """G, D, loss and optimisers built from the config exactly as train() builds them."""
+
+    def __init__(self, cfg, shape, device):
+        from gantrain.losses import GANLoss
+        from gantrain.train import autocast_dtype
+
+        self.G = instantiate(cfg.model.generator, shape=shape).to(device)
+        self.D = instantiate(cfg.model.discriminator, shape=shape).to(device)
+        self.loss = GANLoss(**cfg.loss)
+        self.opt_G = instantiate(cfg.optim.generator)(self.G.parameters())
+        self.opt_D = instantiate(cfg.optim.discriminator)(self.D.parameters())
+        self.device, self.batch, self.z_dim = device, cfg.data.batch_size, self.G.z_dim
+        dtype = autocast_dtype(cfg.trainer.precision, device)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+        self.d_index = 0
+
+    def step(self, real: torch.Tensor) -> None:
+        G, D, loss = self.G, self.D, self.loss
+        D.requires_grad_(True)
+        z = torch.randn(real.shape[0], self.z_dim, device=self.device)
+        with self.autocast():
+            with torch.no_grad():
+                fake = G(z)
+            loss_D = loss.d_loss(D(real), D(fake))
+        if loss.r1_due(self.d_index):
+            loss_D = loss_D + loss.r1(D, real)
+        self.d_index += 1
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_D.step()
+        D.requires_grad_(False)
+        z = torch.randn(real.shape[0], self.z_dim, device=self.device)
+        with self.autocast():
+            loss_G = loss.g_loss(D(G(z)))
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+
+
+def measure_loop(overrides: list[str], out: Path, steps: tuple[int, int]) -> float:
+    """images/s of the whole train() loop from the marginal time of (steps[1] - steps[0]) extra steps."""
+    from gantrain.train import train
+
+    times = []
+    for n in steps:
+        cfg = compose([*overrides, f"trainer.max_steps={n}", "log.progress_bar=true"])
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        train(cfg, out)
+        times.append(time.perf_counter() - t0)
+    cfg = compose(overrides)
+    return (steps[1] - steps[0]) * cfg.data.batch_size * cfg.trainer.d_steps / (times[1] - times[0])
+
+
+def measure_ceiling(cfg, device, seconds: float) -> float:
+    from gantrain.data import build_dataset
+
+    res = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
+    data = build_dataset(cfg.data, device=device, resolution=res, progress=False)
+    nets = Networks(cfg, tuple(data.shape), device)
+    real = data.batch(0, cfg.data.batch_size)
+    n, dt = timed_steps(lambda: nets.step(real), device, seconds)
+    return n * cfg.data.batch_size / dt
+
+
+def torchvision_loader(cfg, root: Path, device):
+    """What a user writes by hand: a torchvision dataset with per-sample transforms and a DataLoader."""
+    import torchvision.transforms as T
+    from torchvision.datasets import MNIST, ImageFolder
+
+    workers = min(4, os.cpu_count() or 1)
+    if cfg.data.name == "mnist":
+        size = 32 if cfg.model.get("pad_to_power_of_two") else 28
+        tf = T.Compose([T.Pad((size - 28) // 2), T.ToTensor(), T.Normalize([0.5], [0.5])])
+        ds = MNIST(str(root), train=True, transform=tf)
+    else:
+        r = cfg.data.resolution
+        tf = T.Compose([T.Resize(r), T.CenterCrop(r), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+        ds = ImageFolder(str(root / "celeba"), transform=tf)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
+                                       num_workers=workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=True)
+
+
+def measure_baseline(overrides: list[str], root: Path, device, seconds: float) -> float:
+    cfg = compose([*overrides, "trainer.precision=32"])
+    loader = torchvision_loader(cfg, root, device)
+    x0, _ = next(iter(loader))
+    nets = Networks(cfg, tuple(x0.shape[1:]), device)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, _ = next(it)
+        nets.step(x.to(device, non_blocking=True))
+
+    n, dt = timed_steps(step, device, seconds)
+    return n * cfg.data.batch_size / dt
+
+
+def measure_folder_epochs(root: Path, device, resolution: int = 64) -> dict[str, float]:
+    """CelebA-style folder: first epoch (decode into the cache) and later epochs, vs ImageFolder."""
+    from gantrain.data import build_dataset
+
+    cache = root / ".gantrain_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = compose(["data=celeba", f"data.root={root}", f"data.resolution={resolution}", "data.batch_size=64"])
+    t0 = time.perf_counter()
+    data = build_dataset(cfg.data, device=device, progress=True)
+    n = data.num_examples
+    first_decode = time.perf_counter() - t0
+    bpe = n // 64
+
+    def epoch():
+        t = time.perf_counter()
+        for s in range(bpe):
+            data.batch(s, 64)
+        sync(device)
+        return time.perf_counter() - t
+
+    first = n / (first_decode + epoch())
+    later = bpe * 64 / min(epoch() for _ in range(3))
+    loader = torchvision_loader(compose(["model=dcgan", *CASES["dcgan-celeba64"][1], f"data.root={root}",
+                                         "data.batch_size=64"]), root, device)
+    rates = []
+    for _ in range(2):
+        t = time.perf_counter()
+        count = sum(x.shape[0] for x, _ in loader)
+        rates.append(count / (time.perf_counter() - t))
+    return {"first": first, "later": later, "imagefolder_first": rates[0], "imagefolder_later": rates[1]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--seconds", type=float, default=15.0, help="timing window of ceiling and baseline")
+    p.add_argument("--loop-steps", default="", help="override the loop's (short,long) step counts, e.g. 20,120")
+    p.add_argument("--precision", default="32")
+    p.add_argument("--data-root", default=None, help="real data (MNIST/raw, celeba/img_align_celeba) instead")
+    p.add_argument("--n-jpeg", type=int, default=2048)
+    p.add_argument("--write", action="store_true", help="write the table into docs/BENCHMARKS.md")
+    p.add_argument("--extra", default="", help="extra overrides for every case, comma-separated")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from gantrain.train import select_device
+
+    device = select_device(args.device)
+    tmp = Path(tempfile.mkdtemp(prefix="gantrain-bench-"))
+    root = Path(args.data_root) if args.data_root else tmp / "data"
+    if not args.data_root:
+        write_data(root, n_mnist=8192, n_jpeg=args.n_jpeg)
+    extra = [e for e in args.extra.split(",") if e]
+    rows = []
+    for name in args.cases.split(","):
+        model, data = CASES[name]
+        overrides = [*model, *data, f"data.root={root}", f"trainer.device={args.device}",
+                     f"trainer.precision={args.precision}", "metrics.enabled=false", *extra]
+        cfg = compose(overrides)
+        ceiling = measure_ceiling(cfg, device, args.seconds)
+        # the loop: enough steps that the defaults' grids (every 500) and checkpoints (every 1000) happen
+        # on a GPU; on a CPU, about the same wall time as the ceiling's window
+        if args.loop_steps:
+            short, long = (int(s) for s in args.loop_steps.split(","))
+        else:
+            long = max(30, int(ceiling * args.seconds / cfg.data.batch_size))
+            short = max(5, long // 6)
+        loop = measure_loop(overrides, tmp / "run", (short, long))
+        baseline = measure_baseline(overrides, root, device, args.seconds)
+        peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        rows.append((name, cfg.data.batch_size, loop, ceiling, baseline, peak, short, long))
+        print(f"{name:16s} loop {loop:8.1f} img/s  ceiling {ceiling:8.1f}  baseline {baseline:8.1f}  "
+              f"loop/ceiling {loop / ceiling:.2f}  loop/baseline {loop / baseline:.2f}  peak {peak:.0f} MiB",
+              flush=True)
+    folder = measure_folder_epochs(root, device) if "dcgan-celeba64" in args.cases else None
+    table = render(rows, folder, device, args, sys.argv if argv is None else ["python -m gantrain.bench", *argv])
+    print(table)
+    if args.write:
+        write_section(Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md", table, device)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def render(rows, folder, device, args, argv) -> str:
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    mem = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
+    lines = [f"Device: {dev}; torch {torch.__version__}, Python {platform.python_version()}, "
+             f"precision {args.precision}; {time.strftime('%Y-%m-%d')}.",
+             f"Command: `{' '.join(['python -m gantrain.bench', *argv[1:]])}`", "",
+             f"| case | batch | loop img/s | ceiling img/s | baseline img/s | loop/ceiling | loop/baseline | {mem} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, b, loop, ceil, base, peak, *_ in rows:
+        lines.append(f"| {name} | {b} | {loop:.0f} | {ceil:.0f} | {base:.0f} | {loop / ceil:.2f} | "
+                     f"{loop / base:.2f} | {peak:.0f} |")
+    if folder:
+        lines += ["", "CelebA-style JPEG folder (178x218 JPEGs -> 64x64), data path only, images/s:", "",
+                  "| | first epoch | later epochs |", "|---|---|---|",
+                  f"| gantrain (decode once into the cache, then memory) | {folder['first']:.0f} | {folder['later']:.0f} |",
+                  f"| torchvision ImageFolder + DataLoader | {folder['imagefolder_first']:.0f} | "
+                  f"{folder['imagefolder_later']:.0f} |"]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, table: str, device: torch.device) -> None:
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    start, end = f"<!-- bench:{tag}:start -->", f"<!-- bench:{tag}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{table}\n{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n## Loop vs ceiling vs hand-written ({tag.upper()})\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
