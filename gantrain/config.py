@@ -78,6 +78,21 @@ class CkptConfig:
 
 
 @dataclass
+class MetricsConfig:
+    enabled: bool = True
+    names: Optional[List[str]] = None      # null: the data set's defaults (see gantrain/metrics.py)
+    primary: Optional[str] = None          # null: sine_ks, classifier_fd, fid (or rand_fd without Inception)
+    every_n_steps: Optional[int] = None    # null: 500 for sine curves, 2000 for images
+    num_samples: Optional[int] = None      # null: 1024 for sine curves, 2048 for images
+    required: bool = False                 # true: stop before training when a metric (FID/KID) is unavailable
+    cache_dir: Optional[str] = None        # null: ~/.cache/gantrain/metrics
+    batch_size: int = 256
+    classifier_steps: int = 300
+    kid_subsets: int = 50
+    kid_subset_size: int = 1000
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
@@ -86,6 +101,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 0
     resume: Optional[str] = None
 
@@ -129,5 +145,11 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"trainer.precision={cfg.trainer.precision} is unknown: choose 32, bf16 or 16.")
     if cfg.loss.name in ("hinge", "least_squares") and (cfg.loss.label_smoothing or cfg.loss.label_noise):
         raise UserError(f"label smoothing and label noise apply to the BCE losses only, not loss={cfg.loss.name}.")
+    for key in ("metrics.every_n_steps", "metrics.batch_size", "metrics.classifier_steps", "metrics.kid_subsets"):
+        _positive(cfg, key)
+    for key in ("metrics.num_samples", "metrics.kid_subset_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 2:
+            raise UserError(f"{key}={value} is out of range: it must be at least 2.")
     if cfg.data.name == "folder" and OmegaConf.is_missing(cfg.data, "root"):
         raise UserError("data=folder needs the images' location: add data.root=/path/to/images.")

@@ -29,6 +29,7 @@ from gantrain import checkpoint, distributed
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
 from gantrain.losses import GANLoss
+from gantrain.metrics import build_evaluator
 from gantrain.summaries import Summaries, curves_figure, flatten
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
     G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.trainer.compile else (G, D)
 
+    # ---- sample-quality metrics: real-data side built now, so metrics.required=true fails before training
+    evaluator = build_evaluator(cfg.metrics, data, cfg.data, device) if main_proc else None
+
     # ---- loss and optimisers
     loss = GANLoss(**cfg.loss)
     opt_G = instantiate(cfg.optim.generator)(G.parameters())
@@ -257,7 +261,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     # ---- logging (rank 0 only)
     tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
     metric_tags = ["Loss/D", "Loss/G", "D/real", "D/fake"]
-    tb.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)), metric_tags)
+    tb.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
+               metric_tags + (evaluator.tags if evaluator else []))
 
     @torch.no_grad()
     def log_samples(step: int) -> None:
@@ -347,16 +352,22 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                     tb.flush()
                 if step % cfg.log.sample_every_n_steps == 0 or step == cfg.trainer.max_steps:
                     log_samples(step)
+                if evaluator and evaluator.due(step, cfg.trainer.max_steps):
+                    evaluator.log(ema.model.module if ema else G, step, tb)
                 if step % cfg.ckpt.every_n_steps == 0:
                     save(step, periodic=True)
             if step > start or last_saved is None:
                 save(step, periodic=False)
+            if evaluator and not evaluator.last and not stop:  # resumed at max_steps: evaluate once
+                evaluator.log(ema.model.module if ema else G, step, tb)
             if stop:
                 raise Interrupted(stop[0], last_saved)
     finally:
         pbar.close()
         tb.close()
         data.close()
+    if evaluator and evaluator.primary_value is not None:
+        return float(evaluator.primary_value)
     return float(final.get("Loss/G", float("nan")))
 
 

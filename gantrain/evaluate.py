@@ -1,0 +1,138 @@
+"""``gantrain-eval``: the training-time sample-quality metrics for any checkpoint.
+
+    gantrain-eval CKPT [--metrics fid,kid] [-n N] [--json OUT] [--device D] [--data-root PATH] [--cache-dir DIR]
+
+The checkpoint carries its config: the data set is rebuilt from it (``--data-root`` when the data moved),
+the generator too (the EMA one when present), and the metrics default to the run's ``metrics`` settings.
+With the same ``-n`` as the run's ``metrics.num_samples`` the values equal the run's last ``Metrics/*``
+scalars (the same fixed latents). Prints a table; ``--json OUT`` also writes the values as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gantrain.config import UserError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gantrain-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="a checkpoint written by gantrain (e.g. outputs/<date>/<time>/checkpoints/last.pt)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metric names (default: the run's metrics.names or the data set's defaults); "
+                        "known: sine_residual, sine_amp_ks, sine_phase_ks, sine_ks, classifier_fd, class_coverage, "
+                        "fid, kid, rand_fd, rand_kid")
+    p.add_argument("-n", "--num-samples", type=int, default=None, help="generated samples (default: the run's)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:K")
+    p.add_argument("--data-root", default=None, help="where the data set is now (default: the run's data.root)")
+    p.add_argument("--cache-dir", default=None, help="metrics cache (default: the run's, else ~/.cache/gantrain/metrics)")
+    p.add_argument("--required", action="store_true", help="fail when a metric (FID/KID) cannot be computed")
+    return p.parse_args(argv)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from gantrain import checkpoint
+    from gantrain.config import DataConfig, MetricsConfig
+    from gantrain.data import build_dataset
+    from gantrain.generate import load_generator
+    from gantrain.metrics import HIGHER_IS_BETTER, build_evaluator
+    from gantrain.train import select_device
+
+    if args.num_samples is not None and args.num_samples < 2:
+        raise UserError(f"-n {args.num_samples} is too few: the metrics need at least 2 samples.")
+    device = select_device(args.device)
+    path = Path(args.checkpoint).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist.")
+    ckpt = checkpoint.load(path, map_location="cpu")
+    config = ckpt.get("config") or {}
+    try:
+        cfg_data = OmegaConf.merge(OmegaConf.structured(DataConfig), config["data"])
+    except Exception as e:  # noqa: BLE001 - any malformed config is the same user-facing problem
+        raise UserError(f"the checkpoint's data config is missing or malformed ({e}).") from None
+    if args.data_root:
+        cfg_data.root = args.data_root
+    saved_metrics = {k: v for k, v in (config.get("metrics") or {}).items() if k in MetricsConfig.__dataclass_fields__}
+    mcfg = OmegaConf.merge(OmegaConf.structured(MetricsConfig), saved_metrics)
+    mcfg.enabled = True
+    if args.metrics:
+        mcfg.names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if mcfg.primary not in mcfg.names:
+            mcfg.primary = None
+    if args.num_samples:
+        mcfg.num_samples = args.num_samples
+    if args.cache_dir:
+        mcfg.cache_dir = args.cache_dir
+    if isinstance(mcfg.cache_dir, str) and mcfg.cache_dir.startswith("${"):
+        mcfg.cache_dir = None
+    mcfg.required = bool(args.required or mcfg.required)
+
+    shape = tuple(int(s) for s in ckpt["data_shape"])
+    G, is_ema = load_generator(ckpt, device)
+    data = build_dataset(cfg_data, device=device, seed=0, resolution=shape[-1] if len(shape) == 3 else None,
+                         progress=True)
+    try:
+        if tuple(data.shape) != shape:
+            raise UserError(f"the data set now has shape {tuple(data.shape)} but the checkpoint was trained on "
+                            f"{shape}: point --data-root at the run's data.")
+        evaluator = build_evaluator(mcfg, data, cfg_data, device)
+        scores = evaluator.evaluate(G)
+    finally:
+        data.close()
+    return {
+        "checkpoint": str(path), "step": int(ckpt.get("step", 0)), "model": ckpt.get("model"),
+        "data": ckpt.get("data"), "generator": "ema" if is_ema else "G", "num_samples": evaluator.num_samples,
+        "primary": evaluator.primary, "metrics": scores,
+        "higher_is_better": sorted(n for n in scores if n in HIGHER_IS_BETTER),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [(name, f"{value:.6g}", "higher" if name in result["higher_is_better"] else "lower",
+             "*" if name == result["primary"] else "") for name, value in result["metrics"].items()]
+    head = ("metric", "value", "better", "primary")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    title = (f"{result['checkpoint']}: step {result['step']}, {result['model']} on {result['data']}, "
+             f"{result['generator']} generator, {result['num_samples']} samples")
+    return "\n".join([title, line(head), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def write_json(result: dict[str, Any], out: str) -> None:
+    out_path = Path(out).expanduser()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, out_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        result = evaluate(args)
+        print(table(result))
+        if args.json:
+            write_json(result, args.json)
+    except UserError as e:
+        print(f"gantrain-eval: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"gantrain-eval: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
