@@ -15,6 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+@pytest.fixture(autouse=True, scope="session")
+def _metrics_cache(tmp_path_factory):
+    """Metric caches (classifier, real-data statistics) in a temp dir, never the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("GANTRAIN_METRICS_CACHE")
+    os.environ["GANTRAIN_METRICS_CACHE"] = str(tmp_path_factory.mktemp("metrics-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GANTRAIN_METRICS_CACHE", None)
+    else:
+        os.environ["GANTRAIN_METRICS_CACHE"] = old
+
+
 MNIST_TRAIN = 64          # examples in each fixture's train split
 MNIST_TEST = 16           # ... and in its t10k split
 FOLDER_JPEGS = 12         # plain RGB JPEGs in image_folder (some in a sub-folder)

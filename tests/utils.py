@@ -14,7 +14,7 @@ from gantrain.cli import config_dir
 from gantrain.config import register
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["log.progress_bar=false", "trainer.device=cpu"]
+FAST = ["log.progress_bar=false", "trainer.device=cpu", "metrics=off"]
 
 
 def make_cfg(*overrides: str):
@@ -30,9 +30,8 @@ def tiny(model: str) -> list[str]:
     return {
         "gan": ["model=gan", "model.generator.hidden=[32,32]", "model.discriminator.hidden=[32,32]"],
         "dcgan": ["model=dcgan", "model.generator.base_channels=8", "model.discriminator.base_channels=8"],
-        "stylegan": ["model=stylegan", "model.z_dim=32", "model.w_dim=32", "model.mapping_layers=2",
-                     "model.generator.channel_base=256", "model.generator.max_channels=32",
-                     "model.discriminator.channel_base=256", "model.discriminator.max_channels=32"],
+        "stylegan": ["model=stylegan", "model.z_dim=32", "model.generator.w_dim=32", "model.mapping_layers=2",
+                     "model.channel_base=512", "model.max_channels=32"],
     }[model]
 
 
