@@ -6,11 +6,15 @@ shows each sweep job as one run. Only rank 0 writes; other ranks get a writer th
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torchvision.utils import make_grid
+
+log = logging.getLogger(__name__)
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -56,25 +60,44 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 
 
 class Summaries:
+    """Writes never stop the run: when the event file cannot be written (disk full, ...), one warning says
+    so, summaries are off for the rest of the run, and training and checkpoints go on."""
+
     def __init__(self, log_dir: Path | None, purge_step: int | None = None):
         self.writer = None
+        self.log_dir = log_dir
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step, flush_secs=30)
 
+    @contextmanager
+    def _guard(self):
+        try:
+            yield
+        except OSError as e:
+            writer, self.writer = self.writer, None
+            log.warning("the TensorBoard event file in %s could not be written (%s): TensorBoard summaries are off "
+                        "for the rest of this run, training and checkpoints go on and what was written is kept; "
+                        "free some disk space and resume to log again.", self.log_dir, e.strerror or e)
+            with suppress(Exception):  # the same failure again; the writer is dropped either way
+                writer.close()
+
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if self.writer:
-            for tag, v in values.items():
-                self.writer.add_scalar(tag, v, step)
+            with self._guard():
+                for tag, v in values.items():
+                    self.writer.add_scalar(tag, v, step)
 
     def images(self, tag: str, images: torch.Tensor, step: int, nrow: int | None = None) -> None:
         if self.writer:
-            self.writer.add_image(tag, image_grid(images, nrow), step)
+            with self._guard():
+                self.writer.add_image(tag, image_grid(images, nrow), step)
 
     def figure(self, tag: str, fig, step: int) -> None:
         if self.writer:
-            self.writer.add_figure(tag, fig, step, close=True)
+            with self._guard():
+                self.writer.add_figure(tag, fig, step, close=True)
 
     def hparams(self, hparams: Mapping[str, Any], metric_tags: list[str]) -> None:
         """Write the HParams entry into this run's own event file (not a sub-folder, pytorch #32651).
@@ -85,15 +108,18 @@ class Summaries:
             from torch.utils.tensorboard.summary import hparams as hparams_summary
 
             exp, ssi, sei = hparams_summary(dict(hparams), {tag: 0.0 for tag in metric_tags})
-            fw = self.writer._get_file_writer()
-            for s in (exp, ssi, sei):
-                fw.add_summary(s)
+            with self._guard():
+                fw = self.writer._get_file_writer()
+                for s in (exp, ssi, sei):
+                    fw.add_summary(s)
 
     def flush(self) -> None:
         if self.writer:
-            self.writer.flush()
+            with self._guard():
+                self.writer.flush()
 
     def close(self) -> None:
         if self.writer:
-            self.writer.close()
+            with self._guard():
+                self.writer.close()
             self.writer = None

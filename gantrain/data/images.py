@@ -523,6 +523,12 @@ def build_folder(cfg_data, *, device, seed, rank, world_size, resolution=None, p
             raise UserError(f"data.root={root} does not exist; point it at a folder of images.")
         if not root.is_dir():
             raise UserError(f"data.root={root} is not a folder; point it at a folder of images.")
+        try:
+            with os.scandir(root):
+                pass
+        except OSError as e:
+            raise UserError(f"data.root={root} cannot be read ({e.strerror}); give this user read access "
+                            "to it or point data.root elsewhere.") from None
         top = root
         files, others = scan_images(top, recursive=True)
         if not files:
