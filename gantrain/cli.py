@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -13,6 +17,7 @@ from omegaconf import DictConfig
 from gantrain.config import UserError, register
 
 log = logging.getLogger("gantrain")
+_job_started = False  # set when Hydra hands a composed config to the task (errors before that are setup errors)
 
 
 def config_dir() -> str:
@@ -25,12 +30,30 @@ def config_dir() -> str:
 register()
 
 
+def check_writable(run_dir: str | os.PathLike) -> None:
+    """Refuse, in one sentence, a run directory (or its ``checkpoints/``) that cannot be written."""
+    for d in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if d.name == "checkpoints" and not d.exists():
+            continue
+        try:
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            raise UserError(f"the run directory {d} is not writable ({e.strerror or e}): "
+                            "choose another with hydra.run.dir=PATH (hydra.sweep.dir=PATH with -m).") from None
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    from gantrain.train import Interrupted, train  # torch is imported only when a job really runs
+def _hydra_main(cfg: DictConfig) -> float | None:
+    global _job_started
+    _job_started = True
+    from gantrain import distributed  # torch is imported only when a job really runs
+    from gantrain.train import Interrupted, train
 
     try:
-        return train(cfg, HydraConfig.get().runtime.output_dir)
+        out_dir = HydraConfig.get().runtime.output_dir
+        check_writable(out_dir)
+        return distributed.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
     except UserError as e:
         log.error("%s", e)
         sys.exit(2)
@@ -38,6 +61,113 @@ def main(cfg: DictConfig) -> float | None:
         log.error("stopped by signal %d after saving %s; continue with resume=auto hydra.run.dir=%s",
                   e.signum, e.path, HydraConfig.get().runtime.output_dir)
         sys.exit(128 + e.signum)
+
+
+def main() -> None:
+    """The ``gantrain`` console script: Hydra's entry, with Hydra's compose errors said in one sentence.
+
+    Hydra prints a bad override as several lines and exits 1; here it raises instead
+    (``HYDRA_FULL_ERROR=1`` for the call), and :func:`explain` turns the error into one sentence with
+    the fix, exit 2, like every other :class:`UserError`. Set ``HYDRA_FULL_ERROR=1`` yourself to see
+    Hydra's full traceback instead.
+    """
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    if "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ:  # a rank of torchrun / srun
+        from gantrain.distributed import worker_overrides
+
+        try:
+            sys.argv += worker_overrides(sys.argv[1:])  # ranks > 0: no run directory, no .hydra/, no log file
+        except UserError as e:
+            print(f"gantrain: error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except Exception as e:  # anything not explained is re-raised with its traceback
+        message = None if user_full_error == "1" else explain(e, job_started=_job_started)
+        if message is None:
+            raise
+        print(f"gantrain: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        if user_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_full_error
+
+
+# ------------------------------------------------------------------------ Hydra errors in one sentence
+_TYPE_NAMES = {"Integer": "a whole number", "Float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def explain(e: BaseException, job_started: bool = False) -> str | None:
+    """One sentence (with the fix) for a config or run-directory error raised by Hydra; None for others."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(e, MissingConfigException) and getattr(e, "options", None) and e.missing_cfg_file:
+        group, _, name = str(e.missing_cfg_file).rpartition("/")
+        if group:
+            options = sorted(e.options)
+            return (f"{group}={name} is not an option of the {group} group: choose one of "
+                    f"{', '.join(options)} (e.g. {group}={options[0]}).")
+    if isinstance(e, OverrideParseException):
+        why = _one_line(e.message.split("See https")[0])
+        return (f"cannot read the override '{e.override}' ({why}): write key=value, and quote values with "
+                "spaces or special characters, e.g. 'data.root=\"my data\"'.")
+    cause = e.__cause__
+    if isinstance(e, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return _unknown_key(cause)
+    if isinstance(e, ConfigCompositionException) and isinstance(cause, ValidationError):
+        return _wrong_type(cause)
+    if isinstance(e, ConfigCompositionException) or (not job_started and isinstance(e, OmegaConfBaseException)):
+        return f"the config could not be composed: {_one_line(str(e))} (`gantrain --help` lists the options)."
+    if not job_started:  # Hydra could not create the run directory or its log file
+        err = e
+        while err is not None and not isinstance(err, OSError):
+            err = err.__cause__ or err.__context__
+        if isinstance(err, OSError) and err.filename:
+            return (f"cannot write {err.filename} ({err.strerror or err}): choose a writable run directory with "
+                    "hydra.run.dir=PATH (hydra.sweep.dir=PATH with -m).")
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip()).rstrip(".")
+
+
+def _keys_of(node_type) -> list[str]:
+    if dataclasses.is_dataclass(node_type):
+        return [f.name for f in dataclasses.fields(node_type)]
+    return []
+
+
+def _unknown_key(cause) -> str:
+    full_key, key = str(cause.full_key), str(cause.key)
+    prefix = full_key[: -len(key)] if full_key.endswith(key) else ""
+    keys = _keys_of(cause.object_type)
+    if not keys and cause.__dict__.get("parent_node") is not None:
+        keys = [str(k) for k in cause.parent_node]
+    close = difflib.get_close_matches(key, keys, n=1)
+    if close:
+        hint = f"did you mean {prefix}{close[0]}?"
+    elif keys:
+        hint = f"{prefix.rstrip('.') or 'the top level'} has {', '.join(keys)}."
+    else:
+        hint = "`gantrain --cfg job` prints every setting there is."
+    return f"{full_key} is not a setting gantrain knows: {hint}"
+
+
+def _wrong_type(cause) -> str:
+    first = str(cause.msg).splitlines()[0] if cause.msg else str(cause)
+    kind = next((name for word, name in _TYPE_NAMES.items() if f"to {word}" in first or f"valid {word}" in first),
+                None)
+    example = ""
+    for f in dataclasses.fields(cause.object_type) if dataclasses.is_dataclass(cause.object_type) else ():
+        if f.name == cause.key and isinstance(f.default, (bool, int, float, str)):
+            example = f" (e.g. {cause.full_key}={str(f.default).lower() if isinstance(f.default, bool) else f.default})"
+    what = f"it must be {kind}" if kind else _one_line(first)
+    return f"{cause.full_key}={cause.value} has the wrong type: {what}{example}."
 
 
 if __name__ == "__main__":

@@ -120,6 +120,22 @@ class EMA:
             b_ema.copy_(b)
 
 
+def update_counting_skips(scaler: torch.amp.GradScaler, skipped: torch.Tensor) -> None:
+    """``scaler.update()``, adding 1 to the device tensor ``skipped`` when this step was skipped.
+
+    Under fp16 the GradScaler skips an optimizer step whose gradients hold inf/NaN and lowers its scale;
+    a good step never lowers it. Comparing the scale before and after the update counts the skips on the
+    device, with no host-device sync in the hot loop; the count is read at log steps.
+    """
+    scale = getattr(scaler, "_scale", None)
+    if not scaler.is_enabled() or not isinstance(scale, torch.Tensor):
+        scaler.update()
+        return
+    before = scale.clone()
+    scaler.update()
+    skipped += (scaler._scale < before).to(skipped.dtype)
+
+
 @contextmanager
 def stop_on_signals():
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and raises Interrupted."""
@@ -188,11 +204,13 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     channels_last = cfg.trainer.channels_last and len(shape) == 3
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G, D = distributed.prepare_models(G, D, cfg.trainer.sync_batchnorm, device)  # rank 0's weights everywhere
     ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
-    G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.trainer.compile else (G, D)
+    # G_run/D_run: the plain networks; G_learn/D_learn: the ones trained (DDP wrappers with several ranks)
+    G_run, D_run, G_learn, D_learn = distributed.training_views(G, D, device, cfg.trainer.compile)
 
     # ---- sample-quality metrics: real-data side built now, so metrics.required=true fails before training
-    evaluator = build_evaluator(cfg.metrics, data, cfg.data, device) if main_proc else None
+    evaluator = distributed.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
 
     # ---- loss and optimisers
     loss = GANLoss(**cfg.loss)
@@ -206,7 +224,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
 
     # ---- resume
     start = 0
-    resume_from = _resume_path(cfg, out_dir)
+    resume_from = distributed.broadcast_object(_resume_path(cfg, out_dir))  # rank 0's run dir decides
     if resume_from is not None:
         saved = checkpoint.load(resume_from, map_location=device)
         check_resumable(saved, cfg, shape)
@@ -220,20 +238,25 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
         scaler_D.load_state_dict(saved["scaler_D"])
         grid_z = saved["grid_z"].cpu()
         start = saved["step"]
-        rng = saved["rng"][rank] if rank < len(saved["rng"]) else None
-        if rng is not None:
-            checkpoint.set_rng_state(rng)
+        if len(saved["rng"]) == world or rank == 0:  # every rank's RNG streams were saved
+            checkpoint.set_rng_state(saved["rng"][rank])
+        else:  # written by another number of processes: rank 0 goes on, the others start new streams
+            seed_everything(cfg.seed + rank + 1_000_003 * start)
+        if len(saved["rng"]) != world and main_proc:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: the random streams of "
+                        "ranks > 0 start afresh (training goes on; not bit-identical to an uninterrupted run)",
+                        len(saved["rng"]), world)
         log.info("resumed from %s at step %d", resume_from, start)
     grid_z = grid_z.to(device)
 
-    def state(step: int) -> dict[str, Any]:
+    def state(step: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "format_version": checkpoint.FORMAT_VERSION, "step": step, "data_shape": list(shape),
             "model": cfg.model.name, "data": cfg.data.name,
             "G": G.state_dict(), "D": D.state_dict(), "G_ema": ema.model.state_dict() if ema else None,
             "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
             "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
-            "grid_z": grid_z.cpu(), "rng": [checkpoint.rng_state()],
+            "grid_z": grid_z.cpu(), "rng": rng,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
@@ -242,16 +265,21 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     if main_proc:
         checkpoint.remove_stale_temps(ckpt_dir)  # left by a run killed while writing
 
+    def kept() -> str:
+        return (f"the last good checkpoint {last_saved} is kept" if last_saved is not None
+                else "no checkpoint had been written yet (save more often with ckpt.every_n_steps)")
+
     def save(step: int, periodic: bool) -> None:
         nonlocal last_saved
+        rng = distributed.gather_object(checkpoint.rng_state())  # every rank's RNG streams, on rank 0
         if not main_proc:
             return
-        bad = [n for n, p in G.named_parameters() if not torch.isfinite(p).all()]
+        bad = [f"{name}.{n}" for name, net in (("G", G), ("D", D)) for n, p in net.named_parameters()
+               if not torch.isfinite(p).all()]
         if bad:
-            raise UserError(f"the generator's weights became NaN/Inf by step {step} ({bad[0]}); the last good "
-                            f"checkpoint {last_saved} is kept: lower the learning rates, use trainer.precision=32 "
-                            "or add a gradient penalty (loss.r1_gamma).")
-        obj = state(step)
+            raise UserError(f"the weights became NaN/Inf by step {step} ({bad[0]}); {kept()}: lower the learning "
+                            "rates, use trainer.precision=32 or add a gradient penalty (loss.r1_gamma).")
+        obj = state(step, rng)
         # last.pt first: a crash between the two writes leaves last.pt the newest (resume=auto's choice)
         checkpoint.save(obj, ckpt_dir / "last.pt")
         last_saved = ckpt_dir / "last.pt"
@@ -277,11 +305,20 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                 tb.figure("samples", curves_figure(fake, data.real_samples(16), getattr(data, "x", None)), step)
             else:
                 tb.images("samples", fake, step)
+            if getattr(net, "supports_truncation", False):  # StyleGAN: style mixing and truncation
+                from gantrain.models.stylegan import style_mixing_images, truncation_strip
+
+                rows, cols = grid_z[:4], grid_z[-6:]
+                tb.images("style_mixing", style_mixing_images(net, rows, cols, crossover=net.num_ws // 2),
+                          step, nrow=len(cols))
+                psis = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
+                tb.images("truncation", truncation_strip(net, grid_z[:4], psis), step, nrow=len(psis))
         net.train(was_training)
         tb.flush()
 
     # ---- the loop
     acc = torch.zeros(4, device=device)  # sums of Loss/D, Loss/G, D/real, D/fake since the last log
+    amp_skipped = torch.zeros(2, device=device)  # G and D steps the fp16 GradScalers skipped since the last log
     acc_n, t_last, step_last = 0, time.perf_counter(), start
     final = {}
     pbar = tqdm(total=cfg.trainer.max_steps, initial=start, disable=not (main_proc and cfg.log.progress_bar),
@@ -289,7 +326,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     step = start
     try:
         with stop_on_signals() as stop:
-            while step < cfg.trainer.max_steps and not stop:
+            while step < cfg.trainer.max_steps and not distributed.agree_to_stop(stop, step, cfg.log.every_n_steps):
                 G.train()
                 D.train()
                 # D step(s): real labelled real, G(z).detach() labelled fake; only D changes
@@ -303,24 +340,24 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                     with autocast():
                         with torch.no_grad():
                             fake = G_run(z)
-                        d_real, d_fake = D_run(real), D_run(fake)
+                        d_real, d_fake = D_learn(real), D_learn(fake)
                         loss_D = loss.d_loss(d_real, d_fake)
                     if loss.r1_due(d_index):
                         loss_D = loss_D + loss.r1(D, real)
                     opt_D.zero_grad(set_to_none=True)
                     scaler_D.scale(loss_D).backward()
                     scaler_D.step(opt_D)
-                    scaler_D.update()
+                    update_counting_skips(scaler_D, amp_skipped[1])
 
                 # G step: fresh fakes labelled real, D frozen; only G changes
                 D.requires_grad_(False)
                 z = torch.randn(batch, z_dim, device=device)
                 with autocast():
-                    loss_G = loss.g_loss(D_run(G_run(z)))
+                    loss_G = loss.g_loss(D_run(G_learn(z)))  # the plain D: no gradients reach its weights
                 opt_G.zero_grad(set_to_none=True)
                 scaler_G.scale(loss_G).backward()
                 scaler_G.step(opt_G)
-                scaler_G.update()
+                update_counting_skips(scaler_G, amp_skipped[0])
                 step += 1
                 if ema is not None:
                     ema.update(G, images_seen=step * batch * world, batch=batch * world)
@@ -339,27 +376,33 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                     acc_n, t_last, step_last = 0, now, step
                     if not all(math.isfinite(v) for v in values.values()):
                         bad = next(k for k, v in values.items() if not math.isfinite(v))
-                        raise UserError(f"training diverged at step {step}: {bad} is {values[bad]}; the last good "
-                                        f"checkpoint {last_saved} is kept: lower the learning rates, use "
-                                        "trainer.precision=32 or add a gradient penalty (loss.r1_gamma).")
+                        raise UserError(f"training diverged at step {step}: {bad} is {values[bad]}; {kept()}: "
+                                        "lower the learning rates, use trainer.precision=32 or add a gradient "
+                                        "penalty (loss.r1_gamma).")
                     final = values
                     tb.scalars({**values, "Perf/images_per_sec": ips, "LR/G": opt_G.param_groups[0]["lr"],
                                 "LR/D": opt_D.param_groups[0]["lr"]}, step)
-                    if amp_dtype == torch.float16:
-                        tb.scalars({"AMP/scale_G": scaler_G.get_scale(), "AMP/scale_D": scaler_D.get_scale()}, step)
+                    if amp_dtype == torch.float16:  # skipped steps (inf/NaN gradients) are normal under fp16
+                        skipped_G, skipped_D = amp_skipped.tolist()
+                        amp_skipped.zero_()
+                        tb.scalars({"AMP/scale_G": scaler_G.get_scale(), "AMP/scale_D": scaler_D.get_scale(),
+                                    "AMP/skipped_G": skipped_G, "AMP/skipped_D": skipped_D}, step)
+                        if skipped_G or skipped_D:
+                            log.info("step %d: fp16 gradient scaler skipped %d G and %d D steps since the last log "
+                                     "(inf/NaN gradients; the scale adapts)", step, skipped_G, skipped_D)
                     pbar.set_postfix({"D": f"{values['Loss/D']:.3f}", "G": f"{values['Loss/G']:.3f}",
                                       "img/s": f"{ips:.0f}"}, refresh=False)
                     tb.flush()
                 if step % cfg.log.sample_every_n_steps == 0 or step == cfg.trainer.max_steps:
                     log_samples(step)
                 if evaluator and evaluator.due(step, cfg.trainer.max_steps):
-                    evaluator.log(ema.model.module if ema else G, step, tb)
+                    distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
                 if step % cfg.ckpt.every_n_steps == 0:
                     save(step, periodic=True)
             if step > start or last_saved is None:
                 save(step, periodic=False)
             if evaluator and not evaluator.last and not stop:  # resumed at max_steps: evaluate once
-                evaluator.log(ema.model.module if ema else G, step, tb)
+                distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
             if stop:
                 raise Interrupted(stop[0], last_saved)
     finally:
