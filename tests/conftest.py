@@ -9,11 +9,20 @@
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread per process: the suite starts training subprocesses (and DDP ranks) beside the
+# pytest process, and OpenMP threads spinning on 2 shared cores made tiny models 10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 @pytest.fixture(autouse=True, scope="session")
 def _metrics_cache(tmp_path_factory):
