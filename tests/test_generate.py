@@ -29,7 +29,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
         Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     common = [*FAST, "metrics=off", "data.batch_size=8", "log.num_samples=8", "trainer.max_steps=2"]
     runs = {
-        "gan": [*tiny("gan"), "data=sine", "data.size=256"],
+        "gan": [*tiny("gan"), "data=sine", "data.size=256", "model.ema_kimg=null"],
         "dcgan": [*tiny("dcgan"), "data=folder", f"data.root={folder}", "data.resolution=16", "model.ema_kimg=1"],
         # (tests/utils.tiny("stylegan") names model.w_dim, which conf/model/stylegan.yaml does not have)
         "stylegan": ["model=stylegan", "model.z_dim=32", "model.generator.w_dim=32", "model.mapping_layers=2",
