@@ -5,7 +5,8 @@
 For each case, on the current device and in one run:
 - loop: the whole ``gantrain`` training loop (``train()``: progress bar, logging, grids and checkpoints
   at their default intervals), images/s from the marginal time of extra steps (setup excluded);
-- ceiling: the same networks, losses and optimisers fed from a tensor already on the device, no logging;
+- ceiling: the same networks, losses, optimisers and generator EMA fed from a tensor already on the device,
+  no logging;
 - baseline: the same networks trained by the loop a user would write by hand: a torchvision dataset and
   a ``DataLoader`` (ToTensor/Normalize per sample, the usual workers), fp32, eager.
 Images/s counts real images shown to D. Data is written in the real formats (IDX files, a JPEG folder)
@@ -107,6 +108,9 @@ class Networks:
         dtype = autocast_dtype(cfg.trainer.precision, device)
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
         self.d_index = 0
+        from gantrain.train import EMA
+
+        self.ema = EMA(self.G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
 
     def step(self, real: torch.Tensor) -> None:
         G, D, loss = self.G, self.D, self.loss
@@ -129,6 +133,8 @@ class Networks:
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()
+        if self.ema is not None:
+            self.ema.update(G, images_seen=self.d_index * real.shape[0], batch=real.shape[0])
 
 
 def measure_loop(overrides: list[str], out: Path, steps: tuple[int, int]) -> float:
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-jpeg", type=int, default=2048)
     p.add_argument("--write", action="store_true", help="write the table into docs/BENCHMARKS.md")
     p.add_argument("--extra", default="", help="extra overrides for every case, comma-separated")
+    p.add_argument("--tag", default="", help="name of the docs/BENCHMARKS.md section to (re)write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from gantrain.train import select_device
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     table = render(rows, folder, device, args, sys.argv if argv is None else ["python -m gantrain.bench", *argv])
     print(table)
     if args.write:
-        write_section(Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md", table, device)
+        write_section(Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md", table, device, args.tag)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -299,8 +306,8 @@ def render(rows, folder, device, args, argv) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, table: str, device: torch.device) -> None:
-    tag = "cuda" if device.type == "cuda" else "cpu"
+def write_section(path: Path, table: str, device: torch.device, name: str = "") -> None:
+    tag = ("cuda" if device.type == "cuda" else "cpu") + (f"-{name}" if name else "")
     start, end = f"<!-- bench:{tag}:start -->", f"<!-- bench:{tag}:end -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     block = f"{start}\n{table}\n{end}"

@@ -1,0 +1,75 @@
+"""The ``gantrain`` command as a user meets it: help, a run and a sweep in subprocesses, and the wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.utils import ROOT, gantrain, tiny
+
+GROUPS = {"model": ["dcgan", "gan", "stylegan"], "data": ["celeba", "fashion_mnist", "folder", "mnist", "sine"],
+          "loss": ["bce", "bce_r1", "hinge", "lsgan", "minimax"], "optim": ["adam", "stylegan", "ttur"]}
+
+
+def test_help_lists_every_group_and_option():
+    out = gantrain("--help")
+    assert out.returncode == 0, out.stderr
+    for group, options in GROUPS.items():
+        line = next(ln for ln in out.stdout.splitlines() if ln.startswith(f"{group}:"))
+        assert line == f"{group}: {', '.join(options)}", line
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = gantrain("--cfg", "job", "model=dcgan", "data=mnist", "trainer.max_steps=7")
+    assert out.returncode == 0, out.stderr
+    assert "_target_: gantrain.models.dcgan.Generator" in out.stdout and "max_steps: 7" in out.stdout
+
+
+def test_a_sweep_gives_one_run_dir_and_one_tensorboard_run_per_job(tmp_path, mnist_root):
+    sweep = tmp_path / "sweep"
+    out = gantrain("-m", "model=gan,dcgan", "seed=1,2", "data=mnist", f"data.root={mnist_root}",
+                   "data.batch_size=8", "trainer.max_steps=2", "trainer.device=cpu", "metrics=off",
+                   "log.progress_bar=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert len(jobs) == 4, jobs
+    for job in jobs:
+        assert (job / "checkpoints" / "last.pt").is_file() and (job / ".hydra" / "overrides.yaml").is_file()
+        events = list(job.glob("events.out.tfevents.*"))
+        assert len(events) == 1, events  # one TensorBoard run per job, in the job's own directory
+        acc = EventAccumulator(str(job), size_guidance={"scalars": 0}).Reload()
+        assert "Loss/D" in acc.Tags()["scalars"]
+        assert acc.PluginTagToContent("hparams"), "no HParams entry in the job's own run"
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_the_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
+    """`pip install .` (not -e): conf/ must be inside the wheel as gantrain/conf."""
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("gantrain-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for conf in sorted((ROOT / "conf").rglob("*.yaml")):
+        assert f"gantrain/conf/{conf.relative_to(ROOT / 'conf').as_posix()}" in names, conf
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import gantrain.cli as c; print(c.__file__); print(c.config_dir())"
+    where = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env)
+    module, conf = where.stdout.split()
+    assert Path(module).is_relative_to(target) and Path(conf) == target / "gantrain" / "conf", where.stdout
+    run = subprocess.run([sys.executable, "-m", "gantrain", *tiny("gan"), "trainer.max_steps=3", "metrics=off",
+                          "data.size=256", "log.progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
