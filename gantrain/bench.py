@@ -4,7 +4,7 @@
 
 For each case, on the current device and in one run:
 - loop: the whole ``gantrain`` training loop (``train()``: progress bar, logging, grids and checkpoints
-  at their default intervals), images/s from the marginal time of extra steps (setup excluded);
+  at their default intervals), images/s in steady state from the run's own Perf/images_per_sec;
 - ceiling: the same networks, losses, optimisers and generator EMA fed from a tensor already on the device,
   no logging;
 - baseline: the same networks trained by the loop a user would write by hand: a torchvision dataset and
@@ -137,19 +137,23 @@ class Networks:
             self.ema.update(G, images_seen=self.d_index * real.shape[0], batch=real.shape[0])
 
 
-def measure_loop(overrides: list[str], out: Path, steps: tuple[int, int]) -> float:
-    """images/s of the whole train() loop from the marginal time of (steps[1] - steps[0]) extra steps."""
+def measure_loop(overrides: list[str], out: Path, steps: int) -> float:
+    """images/s of the whole train() loop in steady state: the run's own ``Perf/images_per_sec`` over every
+    log interval but the first (warm-up), as total images / total time. Grids and checkpoints that fall in
+    an interval are in its time; setup (data, models) is not."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from gantrain.train import train
 
-    times = []
-    for n in steps:
-        cfg = compose([*overrides, f"trainer.max_steps={n}", "log.progress_bar=true"])
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        train(cfg, out)
-        times.append(time.perf_counter() - t0)
-    cfg = compose(overrides)
-    return (steps[1] - steps[0]) * cfg.data.batch_size * cfg.trainer.d_steps / (times[1] - times[0])
+    cfg = compose([*overrides, f"trainer.max_steps={steps}", "log.progress_bar=true"])
+    shutil.rmtree(out, ignore_errors=True)
+    train(cfg, out)
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0}).Reload().Scalars("Perf/images_per_sec")
+    pairs = list(zip(events, events[1:]))
+    if not pairs:
+        raise SystemExit(f"the loop logged fewer than 2 intervals in {steps} steps: raise --loop-steps")
+    images = [(b.step - a.step) * cfg.data.batch_size * cfg.trainer.d_steps for a, b in pairs]
+    return sum(images) / sum(n / b.value for n, (a, b) in zip(images, pairs))
 
 
 def measure_ceiling(cfg, device, seconds: float) -> float:
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--seconds", type=float, default=15.0, help="timing window of ceiling and baseline")
-    p.add_argument("--loop-steps", default="", help="override the loop's (short,long) step counts, e.g. 20,120")
+    p.add_argument("--loop-steps", default="", help="steps of the loop's run (default: about --seconds of work)")
     p.add_argument("--precision", default="32")
     p.add_argument("--data-root", default=None, help="real data (MNIST/raw, celeba/img_align_celeba) instead")
     p.add_argument("--n-jpeg", type=int, default=2048)
@@ -262,19 +266,18 @@ def main(argv: list[str] | None = None) -> None:
         overrides = [*model, *data, f"data.root={root}", f"trainer.device={args.device}",
                      f"trainer.precision={args.precision}", "metrics.enabled=false", *extra]
         cfg = compose(overrides)
-        ceiling = measure_ceiling(cfg, device, args.seconds)
-        # the loop: enough steps that the defaults' grids (every 500) and checkpoints (every 1000) happen
-        # on a GPU; on a CPU, about the same wall time as the ceiling's window
-        if args.loop_steps:
-            short, long = (int(s) for s in args.loop_steps.split(","))
-        else:
-            long = max(30, int(ceiling * args.seconds / cfg.data.batch_size))
-            short = max(5, long // 6)
-        loop = measure_loop(overrides, tmp / "run", (short, long))
+        # the ceiling is timed before and after the loop and averaged, so drift of the machine cancels
+        ceiling_before = measure_ceiling(cfg, device, args.seconds / 2)
+        # the loop: enough steps for several log intervals (and, on a GPU, the defaults' grids every 500
+        # and checkpoints every 1000 steps); on a CPU about the ceiling's timing window
+        steps = int(args.loop_steps) if args.loop_steps else max(
+            3 * cfg.log.every_n_steps, int(ceiling_before * args.seconds / cfg.data.batch_size))
+        loop = measure_loop(overrides, tmp / "run", steps)
+        ceiling = (ceiling_before + measure_ceiling(cfg, device, args.seconds / 2)) / 2
         baseline = measure_baseline(overrides, root, device, args.seconds)
         peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        rows.append((name, cfg.data.batch_size, loop, ceiling, baseline, peak, short, long))
+        rows.append((name, cfg.data.batch_size, loop, ceiling, baseline, peak))
         print(f"{name:16s} loop {loop:8.1f} img/s  ceiling {ceiling:8.1f}  baseline {baseline:8.1f}  "
               f"loop/ceiling {loop / ceiling:.2f}  loop/baseline {loop / baseline:.2f}  peak {peak:.0f} MiB",
               flush=True)
@@ -294,7 +297,7 @@ def render(rows, folder, device, args, argv) -> str:
              f"Command: `{' '.join(['python -m gantrain.bench', *argv[1:]])}`", "",
              f"| case | batch | loop img/s | ceiling img/s | baseline img/s | loop/ceiling | loop/baseline | {mem} |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, b, loop, ceil, base, peak, *_ in rows:
+    for name, b, loop, ceil, base, peak in rows:
         lines.append(f"| {name} | {b} | {loop:.0f} | {ceil:.0f} | {base:.0f} | {loop / ceil:.2f} | "
                      f"{loop / base:.2f} | {peak:.0f} |")
     if folder:
