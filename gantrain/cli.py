@@ -58,8 +58,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         log.error("%s", e)
         sys.exit(2)
     except Interrupted as e:
-        log.error("stopped by signal %d after saving %s; continue with resume=auto hydra.run.dir=%s",
-                  e.signum, e.path, HydraConfig.get().runtime.output_dir)
+        if e.path is not None:  # rank 0 saved; other ranks of a multi-process job have nothing to add
+            log.error("stopped by signal %d after saving %s; continue with resume=auto hydra.run.dir=%s",
+                      e.signum, e.path, e.path.parent.parent)
         sys.exit(128 + e.signum)
 
 

@@ -140,11 +140,15 @@ def update_counting_skips(scaler: torch.amp.GradScaler, skipped: torch.Tensor) -
 def stop_on_signals():
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and raises Interrupted."""
     received: list[int] = []
+    first_at = [0.0]
 
     def handler(signum, _frame):
-        if received:  # a second Ctrl-C: stop now
+        if not received:
+            received.append(signum)
+            first_at[0] = time.monotonic()
+        elif time.monotonic() - first_at[0] > 2.0:  # a second Ctrl-C, seconds later: stop now
             raise KeyboardInterrupt
-        received.append(signum)
+        # else: the same stop delivered twice (under torchrun: by the terminal and by torchrun)
 
     try:
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -404,7 +408,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
             if evaluator and not evaluator.last and not stop:  # resumed at max_steps: evaluate once
                 distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
             if stop:
-                raise Interrupted(stop[0], last_saved)
+                raise Interrupted(stop[0], last_saved if main_proc else None)
     finally:
         pbar.close()
         tb.close()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gantrain import distributed
+from gantrain import checkpoint, distributed
 from gantrain.config import UserError
 from tests.utils import FAST, gantrain, make_cfg, tiny
 
@@ -319,3 +319,30 @@ def test_one_config_many_ranks_is_picklable():
     cfg = make_cfg(*TINY_GAN, "trainer.devices=2")
     again = pickle.loads(pickle.dumps(cfg))
     assert OmegaConf.to_container(again, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path):
+    """Ctrl-C reaches the ranks twice under torchrun (terminal + torchrun): still one save, then resume."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run_dir = tmp_path / "run"
+    args = [*TINY_GAN, "trainer.device=cpu", "log.every_n_steps=5", "data.batch_size=16", "metrics=off",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "gantrain", *args,
+                             "trainer.max_steps=1000000"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.monotonic() + 120
+    while not list(run_dir.glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # some steps
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert out.count("stopped by signal 2 after saving") == 1, out[-3000:]
+    saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] > 0 and len(saved["rng"]) == 2
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "gantrain", *args,
+                          f"trainer.max_steps={saved['step'] + 5}", "resume=auto"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"] == saved["step"] + 5
