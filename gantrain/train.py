@@ -148,7 +148,7 @@ def stop_on_signals():
             first_at[0] = time.monotonic()
         elif time.monotonic() - first_at[0] > 2.0:  # a second Ctrl-C, seconds later: stop now
             raise KeyboardInterrupt
-        # else: the same stop delivered twice (under torchrun: by the terminal and by torchrun)
+        # else: the same stop delivered twice (e.g. by the terminal and by a launcher that forwards it)
 
     try:
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
