@@ -116,3 +116,18 @@ def test_bad_values_give_one_sentence(tmp_path, override, fragment):
     with pytest.raises(UserError, match=fragment) as e:
         run(tmp_path, *tiny("gan"), "trainer.max_steps=1", override)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("model,extra", [
+    ("gan", ["trainer.precision=bf16"]),
+    ("dcgan", ["trainer.precision=bf16", "trainer.channels_last=true"]),
+    ("stylegan", ["trainer.precision=bf16", "loss.r1_interval=2"]),
+    ("gan", ["trainer.compile=true"]),
+])
+def test_precision_memory_format_and_compile_options_train(tmp_path, roots, model, extra):
+    """The CUDA-oriented options also run on the CPU (bf16 autocast, channels_last, torch.compile)."""
+    data = DATA["sine"](roots) if model == "gan" else [*DATA["folder"](roots)[:-1], "data.resolution=32"]
+    run(tmp_path, *tiny(model), *data, "trainer.max_steps=4", "log.every_n_steps=2", *extra)
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["G"].values() if v.is_floating_point())
