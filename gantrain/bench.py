@@ -62,7 +62,8 @@ def write_data(root: Path, n_mnist: int, n_jpeg: int) -> None:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from gantrain.cli import config_dir

@@ -9,7 +9,7 @@ with one sentence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -23,22 +23,22 @@ class UserError(Exception):
 class DataConfig:
     name: str = MISSING
     batch_size: int = 64
-    root: Optional[str] = None
+    root: str | None = None
     download: bool = False
     split: str = "train"
     # images (celeba, folder; MNIST-like data is 28x28 unless a model asks for another size)
-    resolution: Optional[int] = None
-    channels: Optional[int] = None
-    cache_dir: Optional[str] = None        # decoded-image caches; default: <root>/.gantrain_cache
+    resolution: int | None = None
+    channels: int | None = None
+    cache_dir: str | None = None        # decoded-image caches; default: <root>/.gantrain_cache
     max_device_bytes: int = 4 * 1024**3    # larger decoded data sets are streamed from the cache
     decode_workers: int = 0                # 0 = one per CPU core
     min_images: int = 1                    # a folder with fewer readable images is refused
     # sine
-    size: Optional[int] = None
-    num_points: Optional[int] = None
-    amplitude: Optional[List[float]] = None
-    phase: Optional[List[float]] = None
-    noise: Optional[float] = None
+    size: int | None = None
+    num_points: int | None = None
+    amplitude: list[float] | None = None
+    phase: list[float] | None = None
+    noise: float | None = None
 
 
 @dataclass
@@ -80,12 +80,12 @@ class CkptConfig:
 @dataclass
 class MetricsConfig:
     enabled: bool = True
-    names: Optional[List[str]] = None      # null: the data set's defaults (see gantrain/metrics.py)
-    primary: Optional[str] = None          # null: sine_ks, classifier_fd, fid (or rand_fd without Inception)
-    every_n_steps: Optional[int] = None    # null: 500 for sine curves, 2000 for images
-    num_samples: Optional[int] = None      # null: 1024 for sine curves, 2048 for images
+    names: list[str] | None = None      # null: the data set's defaults (see gantrain/metrics.py)
+    primary: str | None = None          # null: sine_ks, classifier_fd, fid (or rand_fd without Inception)
+    every_n_steps: int | None = None    # null: 500 for sine curves, 2000 for images
+    num_samples: int | None = None      # null: 1024 for sine curves, 2048 for images
     required: bool = False                 # true: stop before training when a metric (FID/KID) is unavailable
-    cache_dir: Optional[str] = None        # null: ~/.cache/gantrain/metrics
+    cache_dir: str | None = None        # null: ~/.cache/gantrain/metrics
     batch_size: int = 256
     classifier_steps: int = 300
     kid_subsets: int = 50
@@ -103,7 +103,7 @@ class Config:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 0
-    resume: Optional[str] = None
+    resume: str | None = None
 
 
 def register() -> None:

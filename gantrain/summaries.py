@@ -7,9 +7,10 @@ shows each sweep job as one run. Only rank 0 writes; other ranks get a writer th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torchvision.utils import make_grid

@@ -13,11 +13,25 @@ import pytest
 import torch
 
 try:                                    # tests/ is a package (tests/__init__.py) ...
-    from tests.conftest import (CELEBA_IMAGES, FOLDER_READABLE, FOLDER_SKIPPED, MNIST_TEST, MNIST_TRAIN,
-                                mnist_like_images, write_idx)
+    from tests.conftest import (
+        CELEBA_IMAGES,
+        FOLDER_READABLE,
+        FOLDER_SKIPPED,
+        MNIST_TEST,
+        MNIST_TRAIN,
+        mnist_like_images,
+        write_idx,
+    )
 except ImportError:                     # ... or a plain folder of test modules
-    from conftest import (CELEBA_IMAGES, FOLDER_READABLE, FOLDER_SKIPPED, MNIST_TEST, MNIST_TRAIN,
-                          mnist_like_images, write_idx)
+    from conftest import (
+        CELEBA_IMAGES,
+        FOLDER_READABLE,
+        FOLDER_SKIPPED,
+        MNIST_TEST,
+        MNIST_TRAIN,
+        mnist_like_images,
+        write_idx,
+    )
 
 from gantrain.config import UserError
 from gantrain.data import Dataset, StreamingImageDataset, TensorDataset, build_dataset

@@ -30,7 +30,8 @@ from gantrain.metrics import (
 )
 from gantrain.train import train
 from tests.conftest import write_idx
-from tests.utils import FAST as _FAST, ROOT, gantrain, make_cfg, tiny
+from tests.utils import FAST as _FAST
+from tests.utils import ROOT, gantrain, make_cfg, tiny
 
 FAST = [*_FAST, "metrics=default"]  # these tests are about metrics: keep them on
 

@@ -10,7 +10,6 @@ Data knows nothing of models: a model that needs another image size passes ``res
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 
@@ -27,7 +26,7 @@ __all__ = ["NAMES", "Dataset", "SineDataset", "StreamingImageDataset", "TensorDa
 
 
 def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,
-                  resolution: Optional[int] = None, progress: bool = True) -> Dataset:
+                  resolution: int | None = None, progress: bool = True) -> Dataset:
     """Build the data set named by ``cfg_data.name`` (the ``data`` config node).
 
     ``resolution``: the image size the model needs. MNIST-like data (28x28) is padded with the

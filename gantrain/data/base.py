@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -45,11 +44,11 @@ class Dataset:
     """Base class; subclasses implement ``_gather`` (and may override ``_gather_cpu``)."""
 
     kind: str                      # "image" or "curve"
-    shape: Tuple[int, ...]         # (C, H, W) for images, (L,) for curves
+    shape: tuple[int, ...]         # (C, H, W) for images, (L,) for curves
     num_examples: int              # examples visible to this rank
     name: str
 
-    def __init__(self, *, name: str, kind: str, shape: Tuple[int, ...], total: int, device: torch.device,
+    def __init__(self, *, name: str, kind: str, shape: tuple[int, ...], total: int, device: torch.device,
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
@@ -66,8 +65,8 @@ class Dataset:
             raise UserError(f"data set {name} has {self.total} examples, too few to give each of "
                             f"{self.world_size} processes one; use fewer processes or more data.")
         self._perm_lock = threading.Lock()
-        self._perm_cpu: "OrderedDict[int, torch.Tensor]" = OrderedDict()
-        self._perm_dev: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        self._perm_cpu: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._perm_dev: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------ permutations
     def batches_per_epoch(self, batch_size: int) -> int:
@@ -101,7 +100,7 @@ class Dataset:
                 self._perm_dev.popitem(last=False)
         return perm
 
-    def _position(self, step: int, batch_size: int) -> Tuple[int, int]:
+    def _position(self, step: int, batch_size: int) -> tuple[int, int]:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         bpe = self.batches_per_epoch(batch_size)
@@ -138,7 +137,7 @@ class Dataset:
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:   # idx: int64 on self.device
         raise NotImplementedError
 
-    def __enter__(self) -> "Dataset":
+    def __enter__(self) -> Dataset:
         return self
 
     def __exit__(self, *exc) -> None:

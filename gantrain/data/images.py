@@ -26,9 +26,9 @@ import multiprocessing
 import os
 import struct
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class StreamingImageDataset(Dataset):
         super().__init__(kind="image", shape=(c, h, w), total=n, **kw)
         self.array = array
         self._pin = self.device.type == "cuda"
-        self._pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(1, thread_name_prefix="gantrain-data")
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="gantrain-data")
         self._pending = None     # ((step, batch_size), Future)
 
     def _read(self, idx: np.ndarray) -> torch.Tensor:
@@ -143,7 +143,7 @@ def make_image_dataset(array: np.ndarray, cfg_data, *, name: str, device: torch.
 _IDX_FILES = ("{split}-images-idx3-ubyte", "{split}-labels-idx1-ubyte")
 
 
-def _check_idx(path: Path, ndim: int) -> Tuple[Optional[str], Tuple[int, ...]]:
+def _check_idx(path: Path, ndim: int) -> tuple[str | None, tuple[int, ...]]:
     """Check an uncompressed uint8 IDX file's magic number and size; returns (problem or None, dims)."""
     try:
         size = path.stat().st_size
@@ -178,7 +178,7 @@ def load_mnist_like(cfg_data, name: str) -> torch.Tensor:
     raw = root / cls.__name__ / "raw"
     # torchvision insists on all four files (train and t10k) before it reads either split
     needed = [p.format(split=s) for s in ("train", "t10k") for p in _IDX_FILES]
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     ds = None
     try:
         ds = cls(str(root), train=train, download=download)
@@ -246,11 +246,11 @@ def build_mnist(cfg_data, *, device, seed, rank, world_size, resolution=None) ->
 # ============================================================================ folders of images
 
 
-def scan_images(top: Path, recursive: bool = True) -> Tuple[List[Tuple[str, int, int]], int]:
+def scan_images(top: Path, recursive: bool = True) -> tuple[list[tuple[str, int, int]], int]:
     """Image files under ``top`` as sorted (path, size, mtime_ns), and the count of other files.
 
     Hidden files and folders (name starting with '.') are ignored, the cache folder among them."""
-    files: List[Tuple[str, int, int]] = []
+    files: list[tuple[str, int, int]] = []
     others = 0
     seen = set()
     stack = [str(top)]
@@ -299,7 +299,7 @@ def _to_mode(im, mode: str):
     return im if im.mode == mode else im.convert(mode)
 
 
-def decode_image(path: str, resolution: int, channels: int) -> Optional[np.ndarray]:
+def decode_image(path: str, resolution: int, channels: int) -> np.ndarray | None:
     """One image -> uint8 (R, R, C): EXIF-rotated, converted, centre-cropped, resized. None if unreadable."""
     from PIL import Image, ImageOps
 
@@ -326,9 +326,9 @@ def decode_image(path: str, resolution: int, channels: int) -> Optional[np.ndarr
     return arr
 
 
-def _npy_header(shape: Sequence[int], length: Optional[int] = None) -> bytes:
+def _npy_header(shape: Sequence[int], length: int | None = None) -> bytes:
     """A .npy v1.0 header for uint8 C-order data, padded to ``length`` bytes (default: a multiple of 64)."""
-    body = ("{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(int(s) for s in shape),))
+    body = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
     body = body.encode("latin1")
     if length is None:
         length = 10 + len(body) + 1
@@ -347,7 +347,7 @@ def _pool_context():
 
 
 def decode_all(paths: Sequence[str], out, *, resolution: int, channels: int, workers: int, progress: bool,
-               desc: str) -> Tuple[int, List[str]]:
+               desc: str) -> tuple[int, list[str]]:
     """Decode ``paths`` in order, writing each readable image's bytes to the binary file ``out``.
 
     Returns (number written, unreadable paths)."""
@@ -382,7 +382,7 @@ class ImageCache:
     """The decoded cache of one (file list, resolution, channels): ``<dir>/<name>-<hash>.npy`` plus a
     ``.json`` beside it (format version, count, unreadable files)."""
 
-    def __init__(self, files: Sequence[Tuple[str, int, int]], *, top: Path, cache_dir: Path, name: str,
+    def __init__(self, files: Sequence[tuple[str, int, int]], *, top: Path, cache_dir: Path, name: str,
                  resolution: int, channels: int, location_independent: bool) -> None:
         self.files, self.resolution, self.channels = files, resolution, channels
         h = hashlib.sha256(f"gantrain-cache v{CACHE_VERSION} r{resolution} c{channels}\n".encode())
@@ -395,7 +395,7 @@ class ImageCache:
         self.meta_path = cache_dir / f"{name}-{self.key}.json"
         self.lock_path = cache_dir / f"{name}-{self.key}.lock"
 
-    def load(self) -> Tuple[Optional[np.ndarray], Optional[dict], Optional[str]]:
+    def load(self) -> tuple[np.ndarray | None, dict | None, str | None]:
         """(memmap, meta, None) for a valid cache, else (None, None, why it is not usable)."""
         if not self.path.exists():
             return None, None, "missing"
@@ -440,7 +440,7 @@ class ImageCache:
             if tmp.exists():
                 tmp.unlink()
 
-    def get(self, *, workers: int, progress: bool, desc: str) -> Tuple[np.ndarray, dict]:
+    def get(self, *, workers: int, progress: bool, desc: str) -> tuple[np.ndarray, dict]:
         from filelock import FileLock
 
         arr, meta, why = self.load()
@@ -462,7 +462,7 @@ class ImageCache:
         return arr, meta
 
 
-def _cache_dir(cfg_data, root: Path) -> Tuple[Path, bool]:
+def _cache_dir(cfg_data, root: Path) -> tuple[Path, bool]:
     """(cache folder, whether it is the default one inside the data root)."""
     explicit = _cfg(cfg_data, "cache_dir")
     if explicit:
@@ -488,7 +488,7 @@ def _cache_dir(cfg_data, root: Path) -> Tuple[Path, bool]:
         fallback.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"no writable cache folder: {path} and {fallback} both fail ({e.strerror}); "
-                        "set data.cache_dir=/a/writable/folder.")
+                        "set data.cache_dir=/a/writable/folder.") from None
     return fallback, False
 
 

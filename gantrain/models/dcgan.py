@@ -8,7 +8,7 @@ Image sides: 4·2^k (8, 16, 32, 64, 128, ...) or 7·2^k (28 for MNIST); 1 or 3 c
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ The generator ends in tanh for images (data in [-1, 1]) and is linear for curves
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
