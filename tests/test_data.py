@@ -12,30 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-try:                                    # tests/ is a package (tests/__init__.py) ...
-    from tests.conftest import (
-        CELEBA_IMAGES,
-        FOLDER_READABLE,
-        FOLDER_SKIPPED,
-        MNIST_TEST,
-        MNIST_TRAIN,
-        mnist_like_images,
-        write_idx,
-    )
-except ImportError:                     # ... or a plain folder of test modules
-    from conftest import (
-        CELEBA_IMAGES,
-        FOLDER_READABLE,
-        FOLDER_SKIPPED,
-        MNIST_TEST,
-        MNIST_TRAIN,
-        mnist_like_images,
-        write_idx,
-    )
-
 from gantrain.config import UserError
 from gantrain.data import Dataset, StreamingImageDataset, TensorDataset, build_dataset
 from gantrain.data import images as images_mod
+from tests.conftest import (
+    CELEBA_IMAGES,
+    FOLDER_READABLE,
+    FOLDER_SKIPPED,
+    MNIST_TEST,
+    MNIST_TRAIN,
+    mnist_like_images,
+    write_idx,
+)
 
 CPU = torch.device("cpu")
 
