@@ -94,48 +94,37 @@ def timed_steps(step_fn, device: torch.device, seconds: float, min_steps: int = 
 
 
 class Networks:
-    """G, D, loss and optimisers built from the config exactly as train() builds them."""
+    """G, D, loss, optimisers and EMA built from the config as train() builds them, stepped by the same
+    ``gantrain.steps.d_step``/``g_step`` as the training loop."""
 
     def __init__(self, cfg, shape, device):
+        from gantrain.distributed import training_views
         from gantrain.losses import GANLoss
-        from gantrain.train import autocast_dtype
+        from gantrain.steps import Trainee
+        from gantrain.train import EMA, autocast_dtype
 
-        self.G = instantiate(cfg.model.generator, shape=shape).to(device)
-        self.D = instantiate(cfg.model.discriminator, shape=shape).to(device)
-        self.loss = GANLoss(**cfg.loss)
-        self.opt_G = instantiate(cfg.optim.generator)(self.G.parameters())
-        self.opt_D = instantiate(cfg.optim.discriminator)(self.D.parameters())
-        self.device, self.batch, self.z_dim = device, cfg.data.batch_size, self.G.z_dim
+        G = instantiate(cfg.model.generator, shape=shape).to(device)
+        D = instantiate(cfg.model.discriminator, shape=shape).to(device)
         dtype = autocast_dtype(cfg.trainer.precision, device)
-        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-        self.d_index = 0
-        from gantrain.train import EMA
-
-        self.ema = EMA(self.G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
+        views = training_views(G, D, device, cfg.trainer.compile)
+        self.t = Trainee(D, *views, instantiate(cfg.optim.generator)(G.parameters()),
+                         instantiate(cfg.optim.discriminator)(D.parameters()), GANLoss(**cfg.loss),
+                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+                         (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext,
+                         skipped=torch.zeros(2, device=device))
+        self.G, self.device, self.z_dim, self.d_index = G, device, G.z_dim, 0
+        self.ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
 
     def step(self, real: torch.Tensor) -> None:
-        G, D, loss = self.G, self.D, self.loss
-        D.requires_grad_(True)
-        z = torch.randn(real.shape[0], self.z_dim, device=self.device)
-        with self.autocast():
-            with torch.no_grad():
-                fake = G(z)
-            loss_D = loss.d_loss(D(real), D(fake))
-        if loss.r1_due(self.d_index):
-            loss_D = loss_D + loss.r1(D, real)
+        from gantrain.steps import d_step, g_step
+
+        n = real.shape[0]
+        d_step(self.t, real, torch.randn(n, self.z_dim, device=self.device), self.d_index)
+        g_step(self.t, torch.randn(n, self.z_dim, device=self.device))
         self.d_index += 1
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
-        self.opt_D.step()
-        D.requires_grad_(False)
-        z = torch.randn(real.shape[0], self.z_dim, device=self.device)
-        with self.autocast():
-            loss_G = loss.g_loss(D(G(z)))
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        self.opt_G.step()
         if self.ema is not None:
-            self.ema.update(G, images_seen=self.d_index * real.shape[0], batch=real.shape[0])
+            self.ema.update(self.G, images_seen=self.d_index * n, batch=n)
 
 
 def measure_loop(overrides: list[str], out: Path, steps: int) -> float:

@@ -30,6 +30,7 @@ from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
 from gantrain.losses import GANLoss
 from gantrain.metrics import build_evaluator
+from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
 from gantrain.summaries import Summaries, curves_figure, flatten
 
 log = logging.getLogger(__name__)
@@ -120,22 +121,6 @@ class EMA:
             b_ema.copy_(b)
 
 
-def update_counting_skips(scaler: torch.amp.GradScaler, skipped: torch.Tensor) -> None:
-    """``scaler.update()``, adding 1 to the device tensor ``skipped`` when this step was skipped.
-
-    Under fp16 the GradScaler skips an optimizer step whose gradients hold inf/NaN and lowers its scale;
-    a good step never lowers it. Comparing the scale before and after the update counts the skips on the
-    device, with no host-device sync in the hot loop; the count is read at log steps.
-    """
-    scale = getattr(scaler, "_scale", None)
-    if not scaler.is_enabled() or not isinstance(scale, torch.Tensor):
-        scaler.update()
-        return
-    before = scale.clone()
-    scaler.update()
-    skipped += (scaler._scale < before).to(skipped.dtype)
-
-
 @contextmanager
 def stop_on_signals():
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and raises Interrupted."""
@@ -223,6 +208,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     scaler_G = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     scaler_D = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    nets = Trainee(D, G_run, D_run, G_learn, D_learn, opt_G, opt_D, loss, scaler_G, scaler_D, autocast,
+                   skipped=torch.zeros(2, device=device))  # fp16 steps skipped (G, D) since the last log
     z_dim = G.z_dim
     grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(cfg.seed))
 
@@ -322,7 +309,6 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
 
     # ---- the loop
     acc = torch.zeros(4, device=device)  # sums of Loss/D, Loss/G, D/real, D/fake since the last log
-    amp_skipped = torch.zeros(2, device=device)  # G and D steps the fp16 GradScalers skipped since the last log
     acc_n, t_last, step_last = 0, time.perf_counter(), start
     final = {}
     pbar = tqdm(total=cfg.trainer.max_steps, initial=start, disable=not (main_proc and cfg.log.progress_bar),
@@ -333,35 +319,15 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
             while step < cfg.trainer.max_steps and not distributed.agree_to_stop(stop, step, cfg.log.every_n_steps):
                 G.train()
                 D.train()
-                # D step(s): real labelled real, G(z).detach() labelled fake; only D changes
-                D.requires_grad_(True)
+                # D step(s): real labelled real, G(z) labelled fake; only D changes (gantrain/steps.py)
                 for k in range(cfg.trainer.d_steps):
                     d_index = step * cfg.trainer.d_steps + k
                     real = data.batch(d_index, batch)
                     if channels_last:
                         real = real.contiguous(memory_format=torch.channels_last)
-                    z = torch.randn(batch, z_dim, device=device)
-                    with autocast():
-                        with torch.no_grad():
-                            fake = G_run(z)
-                        d_real, d_fake = D_learn(real), D_learn(fake)
-                        loss_D = loss.d_loss(d_real, d_fake)
-                    if loss.r1_due(d_index):
-                        loss_D = loss_D + loss.r1(D, real)
-                    opt_D.zero_grad(set_to_none=True)
-                    scaler_D.scale(loss_D).backward()
-                    scaler_D.step(opt_D)
-                    update_counting_skips(scaler_D, amp_skipped[1])
-
+                    loss_D, d_real, d_fake = d_step(nets, real, torch.randn(batch, z_dim, device=device), d_index)
                 # G step: fresh fakes labelled real, D frozen; only G changes
-                D.requires_grad_(False)
-                z = torch.randn(batch, z_dim, device=device)
-                with autocast():
-                    loss_G = loss.g_loss(D_run(G_learn(z)))  # the plain D: no gradients reach its weights
-                opt_G.zero_grad(set_to_none=True)
-                scaler_G.scale(loss_G).backward()
-                scaler_G.step(opt_G)
-                update_counting_skips(scaler_G, amp_skipped[0])
+                loss_G = g_step(nets, torch.randn(batch, z_dim, device=device))
                 step += 1
                 if ema is not None:
                     ema.update(G, images_seen=step * batch * world, batch=batch * world)
@@ -387,8 +353,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                     tb.scalars({**values, "Perf/images_per_sec": ips, "LR/G": opt_G.param_groups[0]["lr"],
                                 "LR/D": opt_D.param_groups[0]["lr"]}, step)
                     if amp_dtype == torch.float16:  # skipped steps (inf/NaN gradients) are normal under fp16
-                        skipped_G, skipped_D = amp_skipped.tolist()
-                        amp_skipped.zero_()
+                        skipped_G, skipped_D = nets.skipped.tolist()
+                        nets.skipped.zero_()
                         tb.scalars({"AMP/scale_G": scaler_G.get_scale(), "AMP/scale_D": scaler_D.get_scale(),
                                     "AMP/skipped_G": skipped_G, "AMP/skipped_D": skipped_D}, step)
                         if skipped_G or skipped_D:
