@@ -70,25 +70,27 @@ def test_size_message_names_the_rule_and_the_size():
         Generator((1, 28, 28), **TINY)
 
 
-def _record_styles(G):
-    """Hooks every modulated conv; returns {ws index: list of w inputs} filled on each call."""
+def _styles_seen(G, z):
+    """Runs ``G(z)`` with every modulated conv hooked; returns {ws index: [w inputs of that layer]}."""
     seen = {}
     handles = []
     for i, conv in G.style_layers():
         def hook(mod, args, i=i):
             seen.setdefault(i, []).append(args[1].detach().clone())
         handles.append(conv.register_forward_pre_hook(hook))
-    return seen, handles
+    try:
+        G(z)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def test_style_mixing_changes_which_w_reaches_which_layer():
     G = make_g(64, style_mixing_prob=1.0).train()
     z = torch.randn(64, Z)
     w1 = G._map(z).detach()
-    seen, handles = _record_styles(G)
-    G(z)
-    for h in handles:
-        h.remove()
+    seen = _styles_seen(G, z)
     per_layer = torch.stack([seen[i][0] for i in range(G.num_ws)], dim=1)    # (N, num_ws, w_dim)
     from_z = torch.isclose(per_layer, w1[:, None], atol=1e-6).all(dim=2)     # (N, num_ws)
     crossovers = set()
@@ -107,10 +109,7 @@ def test_no_style_mixing_in_eval_or_with_prob_zero():
     for G in (make_g(32, style_mixing_prob=1.0).eval(), make_g(32, style_mixing_prob=0.0).train()):
         z = torch.randn(8, Z)
         w1 = G._map(z).detach()
-        seen, handles = _record_styles(G)
-        G(z)
-        for h in handles:
-            h.remove()
+        seen = _styles_seen(G, z)
         for i in range(G.num_ws):
             assert torch.allclose(seen[i][0], w1, atol=1e-6)
 
