@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,11 @@ def check_resumable(saved: dict, cfg: DictConfig, shape: tuple[int, ...]) -> Non
 
 
 # --------------------------------------------------------------------------------------------- train
-def train(cfg: DictConfig, out_dir: str | Path) -> float:
-    """Train as ``cfg`` says, writing into ``out_dir``; returns the final value of the primary metric."""
+def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], None] | None = None) -> float:
+    """Train as ``cfg`` says, writing into ``out_dir``; returns the final value of the primary metric.
+
+    ``on_phase(step, "step")`` is called as step ``step`` starts and ``on_phase(step, "periodic")`` as its
+    logs, grids and checkpoints start (``python -m gantrain.syncs`` uses it to place host reads)."""
     validate(cfg)
     out_dir = Path(out_dir)
     main_proc = distributed.is_main()
@@ -265,8 +269,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
         rng = distributed.gather_object(checkpoint.rng_state())  # every rank's RNG streams, on rank 0
         if not main_proc:
             return
-        bad = [f"{name}.{n}" for name, net in (("G", G), ("D", D)) for n, p in net.named_parameters()
-               if not torch.isfinite(p).all()]
+        params = [(f"{name}.{n}", p) for name, net in (("G", G), ("D", D)) for n, p in net.named_parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist()  # one read, not one per tensor
+        bad = [name for (name, _), ok in zip(params, finite) if not ok]
         if bad:
             raise UserError(f"the weights became NaN/Inf by step {step} ({bad[0]}); {kept()}: lower the learning "
                             "rates, use trainer.precision=32 or add a gradient penalty (loss.r1_gamma).")
@@ -317,6 +322,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
     try:
         with stop_on_signals() as stop:
             while step < cfg.trainer.max_steps and not distributed.agree_to_stop(stop, step, cfg.log.every_n_steps):
+                if on_phase:
+                    on_phase(step + 1, "step")
                 G.train()
                 D.train()
                 # D step(s): real labelled real, G(z) labelled fake; only D changes (gantrain/steps.py)
@@ -338,6 +345,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> float:
                 pbar.update(1)
 
                 # ---- logs, grids, checkpoints (the only places that wait for the device)
+                if on_phase:
+                    on_phase(step, "periodic")
                 if step % cfg.log.every_n_steps == 0 or step == cfg.trainer.max_steps:
                     values = dict(zip(metric_tags, (distributed.all_reduce_mean(acc) / acc_n).tolist()))
                     now = time.perf_counter()

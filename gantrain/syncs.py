@@ -1,0 +1,197 @@
+"""Where does the training loop wait for the device?  Step by step, in a short real run.
+
+    python -m gantrain.syncs [gantrain overrides ...]      e.g.  model=dcgan data=mnist trainer.device=cuda
+
+The loop promises that its training step (D step(s), G step, generator EMA, loss accumulators) never makes
+the host wait for the device, and that values are read back only in the periodic part of a step (logs,
+sample grids, checkpoints, metrics). This runs ``train()`` for three log intervals (unless
+``trainer.max_steps`` is given) and records every read of a tensor's value by the host, with the line
+that asked for it:
+
+- ``.item()``, ``.tolist()``, ``.numpy()``, ``.cpu()``, ``.to("cpu")`` of a device tensor, ``bool(t)`` (``if t:``),
+  ``float(t)``/``int(t)``, printing a tensor, ``nonzero``/``masked_select``/``unique`` (their size depends
+  on the values), ``torch.equal``: a ``torch.overrides.TorchFunctionMode`` sees each call with its tensor;
+- on CUDA also everything ``torch.cuda.set_sync_debug_mode("warn")`` reports (synchronising CUDA calls
+  made inside C++ operators too).
+
+On a GPU a read waits for the device when its tensor lives there. On a CPU nothing waits, so the check is
+what *would* wait on a GPU: every read except those of torch's host-side counters (the optimiser's step
+counts and ``AveragedModel.n_averaged``, CPU tensors also when the model is on a GPU). Exit status 1 when
+the training step waits for the device, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import traceback
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_T = torch.Tensor
+READS = {_T.item, _T.tolist, _T.numpy, _T.cpu, _T.__bool__, _T.__float__, _T.__int__, _T.__index__,
+         _T.__complex__, _T.__format__, _T.__repr__, _T.__array__, _T.nonzero, _T.masked_select, _T.unique,
+         torch.nonzero, torch.masked_select, torch.unique, torch.equal}
+MOVES = {_T.to, _T.copy_}  # reads when they bring a tensor to the host
+HOST_COUNTERS = ("torch/optim/",)  # Adam's step counts, AveragedModel.n_averaged: CPU tensors on any device
+_INTERNAL = ("torch/overrides.py", "torch/utils/_python_dispatch.py", "torch/_dynamo/", "torch/_compile.py",
+             "torch/_tensor.py", "gantrain/syncs.py")
+
+
+@dataclass(frozen=True)
+class Read:
+    step: int
+    phase: str    # "setup", "step" (the training step) or "periodic" (logs, grids, checkpoints, metrics)
+    what: str     # e.g. "item", "tolist", "cuda sync"
+    device: str   # where the tensor lived
+    where: str    # the line that asked for it (innermost frame outside torch's dispatch machinery)
+    via: str      # the innermost gantrain line on the way there
+
+    def waits(self, run_device: torch.device) -> bool:
+        """Whether this read waits (on a GPU) or would wait (on a CPU run) for the device."""
+        if self.device != "cpu":
+            return True
+        return run_device.type == "cpu" and not self.where.startswith(HOST_COUNTERS)
+
+
+def _short(filename: str) -> str:
+    path = Path(filename).as_posix()
+    for anchor in ("site-packages/", "/gantrain/", "/tests/"):
+        if anchor in path:
+            rest = path.split(anchor, 1)[1]
+            return rest if anchor == "site-packages/" else anchor.strip("/") + "/" + rest
+    return path
+
+
+def _origin() -> tuple[str, str]:
+    frames = [f for f in traceback.extract_stack()[:-2] if not _short(f.filename).startswith(_INTERNAL)]
+    inner = frames[-1] if frames else None
+    ours = next((f for f in reversed(frames) if _short(f.filename).startswith("gantrain/")), None)
+    fmt = lambda f: f"{_short(f.filename)}:{f.lineno} ({f.name})" if f else "-"
+    return fmt(inner), fmt(ours)
+
+
+class HostReads(TorchFunctionMode):
+    """Records every host read of a tensor's value, labelled with the step and phase set by ``mark``."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[Read] = []
+        self.step, self.phase = 0, "setup"
+        self._cuda_warnings: list[warnings.WarningMessage] = []
+
+    def mark(self, step: int, phase: str) -> None:
+        self._drain_cuda_warnings()
+        self.step, self.phase = step, phase
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in READS or (func in MOVES and _to_host(func, args, kwargs)):
+            t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if t is not None:
+                where, via = _origin()
+                name = getattr(func, "__name__", str(func)).strip("_")
+                self.reads.append(Read(self.step, self.phase, name, t.device.type, where, via))
+        return func(*args, **kwargs)
+
+    # ---- CUDA: torch's own detector of synchronising calls (also those inside C++ operators)
+    def __enter__(self):
+        if torch.cuda.is_available():
+            self._catcher = warnings.catch_warnings(record=True)
+            self._cuda_warnings = self._catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("default")
+            self._drain_cuda_warnings()
+            self._catcher.__exit__(*exc)
+        return out
+
+    def _drain_cuda_warnings(self) -> None:
+        for w in self._cuda_warnings:
+            if "synchronizing" in str(w.message):
+                where = f"{_short(w.filename)}:{w.lineno}"
+                self.reads.append(Read(self.step, self.phase, "cuda sync", "cuda", where, where))
+        self._cuda_warnings.clear()
+
+
+def _to_host(func, args, kwargs) -> bool:
+    """``device_tensor.to("cpu")`` and ``cpu_tensor.copy_(device_tensor)``: copies that bring values to the host
+    (``.to(device)`` on a CPU run is not one: the same call copies to the GPU on a GPU run)."""
+    if func is _T.copy_:
+        return len(args) > 1 and args[0].device.type == "cpu" and args[1].device.type != "cpu"
+    target = kwargs.get("device", next((a for a in args[1:] if isinstance(a, (str, torch.device))), None))
+    return args[0].device.type != "cpu" and target is not None and torch.device(target).type == "cpu"
+
+
+def record(overrides: list[str], out_dir: str | Path) -> tuple[HostReads, torch.device, object]:
+    """Train with ``overrides`` in ``out_dir``, recording host reads; returns (recorder, device, cfg)."""
+    from gantrain.bench import compose
+    from gantrain.train import select_device, train
+
+    cfg = compose(overrides)
+    if not any(o.startswith("trainer.max_steps=") for o in overrides):
+        cfg = compose([*overrides, f"trainer.max_steps={3 * cfg.log.every_n_steps}"])
+    recorder = HostReads()
+    with recorder:
+        train(cfg, out_dir, on_phase=recorder.mark)
+    return recorder, select_device(cfg.trainer.device), cfg
+
+
+def report(recorder: HostReads, device: torch.device, steps: int) -> tuple[str, bool]:
+    """A plain-text account of the reads; and whether the training step ever waited for the device."""
+    in_step = [r for r in recorder.reads if r.phase == "step"]
+    waits = [r for r in in_step if r.waits(device)]
+    counters = Counter(r.where for r in in_step if not r.waits(device))
+    periodic = Counter((r.step, r.what, r.where) for r in recorder.reads if r.phase == "periodic")
+    lines = [f"training step (D, G, EMA, accumulators) of {steps} steps on {device}:",
+             f"  reads that wait for the device: {len(waits)}"]
+    for (what, where), n in Counter((r.what, r.where) for r in waits).most_common():
+        lines.append(f"    {n:6d} x {what:10s} {where}")
+    if counters:
+        lines.append("  reads of torch's host-side counters (CPU tensors on any device; they never wait):")
+        lines += [f"    {n:6d} x {where}" for where, n in counters.most_common()]
+    steps_read = sorted({s for s, _, _ in periodic})
+    lines.append(f"periodic part (logs, grids, checkpoints, metrics): reads at steps {steps_read or 'none'}")
+    for (step, what, where), n in sorted(periodic.items()):
+        lines.append(f"    step {step:5d}: {n:4d} x {what:10s} {where}")
+    verdict = ("the training step never waited for the device" if not waits else
+               f"the training step waited for the device {len(waits)} times")
+    lines.append(verdict + ".")
+    return "\n".join(lines), bool(waits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in overrides):
+        print(__doc__)
+        return 0
+    from gantrain.cli import explain
+    from gantrain.config import UserError
+
+    defaults = ["metrics.enabled=false", "log.progress_bar=false"]  # the user's overrides come after, and win
+    try:
+        with tempfile.TemporaryDirectory(prefix="gantrain-syncs-") as tmp:
+            recorder, device, cfg = record([*defaults, *overrides], tmp)
+    except Exception as e:  # bad overrides: the sentences gantrain itself gives
+        message = str(e) if isinstance(e, UserError) else explain(e)
+        if message is None:
+            raise
+        print(f"gantrain.syncs: error: {message}", file=sys.stderr)
+        return 2
+    text, waited = report(recorder, device, cfg.trainer.max_steps)
+    print(text)
+    return 1 if waited else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

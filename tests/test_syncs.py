@@ -1,0 +1,83 @@
+"""The training step never reads values back from the device; reads happen only at log/grid/checkpoint steps.
+
+``python -m gantrain.syncs`` records every host read of a tensor's value during a real run (see its
+docstring); on a CPU the check is what would wait on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gantrain.train
+from gantrain import syncs
+
+from .utils import FAST, tiny
+
+EVERY, STEPS = 4, 12
+CASES = {
+    "gan-sine": [*tiny("gan"), "data=sine"],
+    "dcgan-mnist": [*tiny("dcgan"), "data=mnist"],
+    # StyleGAN with lazy R1 due inside the run, bf16 autocast and channels-last
+    "stylegan-mnist-r1-bf16": [*tiny("stylegan"), "data=mnist", "loss.r1_interval=3", "trainer.precision=bf16",
+                               "trainer.channels_last=true"],
+}
+
+
+def record(tmp_path, overrides):
+    return syncs.record([*FAST, "data.batch_size=8", f"trainer.max_steps={STEPS}", f"log.every_n_steps={EVERY}",
+                         "log.sample_every_n_steps=6", "ckpt.every_n_steps=6", *overrides], tmp_path / "run")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_training_step_never_waits_for_the_device(tmp_path, mnist_root, case):
+    recorder, device, _ = record(tmp_path, [*CASES[case], f"data.root={mnist_root}"])
+    in_step = [r for r in recorder.reads if r.phase == "step"]
+    assert [r for r in in_step if r.waits(device)] == []
+    # the recorder saw the step's work: the optimisers' host-side step counters are read in every step
+    assert {r.step for r in in_step} == set(range(1, STEPS + 1))
+    assert all(r.where.startswith("torch/optim/") for r in in_step)
+    # ... and the loop's reads, in the periodic part of the log steps only: one read of the accumulators
+    logs = [r for r in recorder.reads if r.phase == "periodic" and r.where.startswith("gantrain/train.py")
+            and r.what == "tolist"]
+    assert [r.step for r in logs] == [4, 8, 12]
+    text, waited = syncs.report(recorder, device, STEPS)
+    assert not waited and "reads that wait for the device: 0" in text
+
+
+def test_a_read_in_the_training_step_is_caught(tmp_path, monkeypatch, capsys):
+    """The check can fail: a .item() and an `if tensor:` slipped into the G step are found, with their line."""
+    real_g_step = gantrain.train.g_step
+
+    def g_step_that_reads(*args, **kwargs):
+        loss = real_g_step(*args, **kwargs)
+        if loss > 100:  # bool(tensor): waits for the device
+            pass
+        return loss + 0 * loss.item()
+
+    monkeypatch.setattr(gantrain.train, "g_step", g_step_that_reads)
+    recorder, device, _ = record(tmp_path, CASES["gan-sine"])
+    waits = [r for r in recorder.reads if r.phase == "step" and r.waits(device)]
+    assert sorted({r.what for r in waits}) == ["bool", "item"]
+    assert len(waits) == 2 * STEPS and all(r.where.startswith("tests/test_syncs.py") for r in waits)
+    text, waited = syncs.report(recorder, device, STEPS)
+    assert waited and f"reads that wait for the device: {2 * STEPS}" in text
+
+    code = syncs.main([*FAST, *CASES["gan-sine"], "data.batch_size=8", "trainer.max_steps=4", "log.every_n_steps=2"])
+    assert code == 1 and "the training step waited for the device 8 times" in capsys.readouterr().out
+
+
+def test_moves_to_the_host_are_reads_and_moves_to_the_device_are_not():
+    recorder = syncs.HostReads()
+    x = torch.ones(3)
+    with recorder:
+        x.to("cpu"), x.to(torch.float64)            # no move to the host: not reads
+        x.cpu(), x.tolist(), float(x.sum()), f"{x[0]:.2f}"
+    assert [r.what for r in recorder.reads] == ["cpu", "tolist", "float", "format"]
+    assert all(r.where.startswith("tests/test_syncs.py") and r.waits(torch.device("cpu")) for r in recorder.reads)
+
+
+def test_bad_overrides_are_one_sentence(capsys):
+    assert syncs.main(["loss.r1_every=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "loss.r1_every is not a setting gantrain knows" in err
