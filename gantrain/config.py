@@ -8,7 +8,8 @@ with one sentence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -123,8 +124,27 @@ def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
         raise UserError(f"{key}={value} is out of range: it must be {bound}.")
 
 
+def _no_added_keys(cfg: DictConfig) -> None:
+    """``+trainer.max_step=5`` gets past Hydra (``+`` may add keys anywhere) but nothing would read it."""
+    sections = {f.name: f.default_factory for f in fields(Config) if is_dataclass(f.default_factory)}
+    for section, schema in sections.items():
+        known = [f.name for f in fields(schema)]
+        for key in cfg.get(section) or {}:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {section}.{close[0]}?" if close else f"{section} has {', '.join(known)}."
+                raise UserError(f"{section}.{key} is not a setting gantrain knows: {hint} "
+                                "(+key=value adds settings only to model and optim).")
+    known = [f.name for f in fields(Config)]
+    for key in cfg:
+        if key not in known and key != "hydra":
+            raise UserError(f"{key} is not a setting gantrain knows: the top-level settings are "
+                            f"{', '.join(known)}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks; raises UserError with one sentence."""
+    _no_added_keys(cfg)
     for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices",
                 "log.every_n_steps", "log.sample_every_n_steps", "log.num_samples",
                 "ckpt.every_n_steps", "loss.r1_interval", "model.z_dim", "data.size",

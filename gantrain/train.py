@@ -97,6 +97,15 @@ def build_network(node: DictConfig, name: str, shape: tuple[int, ...]) -> torch.
         raise UserError(f"cannot build the {name} from model.{name}: {cause or e}.") from e
 
 
+def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module) -> torch.optim.Optimizer:
+    try:
+        return instantiate(node)(net.parameters())
+    except (InstantiationException, TypeError, ValueError) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        raise UserError(f"cannot build the {name}'s optimiser from optim.{name}: {str(cause).rstrip('.')}; "
+                        f"fix the setting in optim.{name}.") from e
+
+
 class EMA:
     """Generator EMA (torch.optim.swa_utils.AveragedModel) with a half-life in images and a ramp-up.
 
@@ -207,8 +216,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
 
     # ---- loss and optimisers
     loss = GANLoss(**cfg.loss)
-    opt_G = instantiate(cfg.optim.generator)(G.parameters())
-    opt_D = instantiate(cfg.optim.discriminator)(D.parameters())
+    opt_G = build_optimizer(cfg.optim.generator, "generator", G)
+    opt_D = build_optimizer(cfg.optim.discriminator, "discriminator", D)
     scaler_G = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     scaler_D = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext

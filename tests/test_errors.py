@@ -89,6 +89,11 @@ def test_compose_errors_in_a_sweep_and_with_cfg_job(tmp_path):
     pytest.param(["trainer.device=cuda"], "no CUDA GPU is available: use trainer.device=auto",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["model=dcgan", "data=sine"], "model=gan"),
+    (["+trainer.max_step=5"], "trainer.max_step is not a setting gantrain knows: did you mean trainer.max_steps?"),
+    (["+data.rezolution=32"], "data.rezolution is not a setting gantrain knows: did you mean data.resolution?"),
+    (["+foo=1"], "foo is not a setting gantrain knows: the top-level settings are model, data"),
+    (["optim.generator.betas=[1.5,0.9]"], "cannot build the generator's optimiser from optim.generator: Invalid beta"),
+    (["+optim.discriminator.foo=1"], "cannot build the discriminator's optimiser from optim.discriminator: "),
 ])
 def test_bad_values_and_contradictions_exit_2(tmp_path, overrides, expected):
     r = cli(tmp_path / "run", *overrides, "trainer.max_steps=1")
