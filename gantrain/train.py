@@ -59,7 +59,9 @@ def select_device(name: str) -> torch.device:
             raise UserError(f"trainer.device={name} was asked for but no CUDA GPU is available: "
                             "use trainer.device=auto or trainer.device=cpu.")
         dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        if dev.index is None:  # "cuda": this process's GPU (its local rank under torchrun), never an unset index
+            dev = torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
+        if dev.index >= torch.cuda.device_count():
             raise UserError(f"trainer.device={name} does not exist: this machine has "
                             f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...).")
         return dev

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gantrain import checkpoint
 from gantrain.config import UserError
-from gantrain.train import train
+from gantrain.train import select_device, train
 from tests.utils import FAST, make_cfg, tiny
 
 DATA = {
@@ -131,3 +131,15 @@ def test_precision_memory_format_and_compile_options_train(tmp_path, roots, mode
     ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["G"].values() if v.is_floating_point())
+
+
+def test_cuda_device_names_pick_this_process_gpu(monkeypatch):
+    """trainer.device=cuda (no index) is the process's own GPU: an index-less device breaks set_device and DDP."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second rank of torchrun on this node
+    assert select_device("cuda") == torch.device("cuda", 1)
+    assert select_device("auto") == torch.device("cuda", 1)
+    assert select_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="trainer.device=cuda:2 does not exist: this machine has 2 GPU"):
+        select_device("cuda:2")
