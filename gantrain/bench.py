@@ -101,14 +101,15 @@ class Networks:
         from gantrain.distributed import training_views
         from gantrain.losses import GANLoss
         from gantrain.steps import Trainee
-        from gantrain.train import EMA, autocast_dtype
+        from gantrain.train import EMA, autocast_dtype, build_optimizer
 
         G = instantiate(cfg.model.generator, shape=shape).to(device)
         D = instantiate(cfg.model.discriminator, shape=shape).to(device)
         dtype = autocast_dtype(cfg.trainer.precision, device)
         views = training_views(G, D, device, cfg.trainer.compile)
-        self.t = Trainee(D, *views, instantiate(cfg.optim.generator)(G.parameters()),
-                         instantiate(cfg.optim.discriminator)(D.parameters()), GANLoss(**cfg.loss),
+        fused = device.type == "cuda"  # as train() builds them
+        self.t = Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G, fused),
+                         build_optimizer(cfg.optim.discriminator, "discriminator", D, fused), GANLoss(**cfg.loss),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                          (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext,

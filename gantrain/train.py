@@ -8,6 +8,8 @@ only at log steps, so the hot loop never waits for the device.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import random
@@ -99,9 +101,15 @@ def build_network(node: DictConfig, name: str, shape: tuple[int, ...]) -> torch.
         raise UserError(f"cannot build the {name} from model.{name}: {cause or e}.") from e
 
 
-def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimiser of ``optim.<name>`` for ``net``. ``fused``: use the optimiser's fused kernels when it has
+    them and the config does not say (on CUDA: the fastest implementation, and the only one with which the fp16
+    GradScaler never reads ``found_inf`` back to the host)."""
     try:
-        return instantiate(node)(net.parameters())
+        make = instantiate(node)
+        if fused and "fused" not in node and "fused" in inspect.signature(make.func).parameters:
+            make = functools.partial(make, fused=True)
+        return make(net.parameters())
     except (InstantiationException, TypeError, ValueError) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
         raise UserError(f"cannot build the {name}'s optimiser from optim.{name}: {str(cause).rstrip('.')}; "
@@ -218,8 +226,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
 
     # ---- loss and optimisers
     loss = GANLoss(**cfg.loss)
-    opt_G = build_optimizer(cfg.optim.generator, "generator", G)
-    opt_D = build_optimizer(cfg.optim.discriminator, "discriminator", D)
+    opt_G = build_optimizer(cfg.optim.generator, "generator", G, fused=device.type == "cuda")
+    opt_D = build_optimizer(cfg.optim.discriminator, "discriminator", D, fused=device.type == "cuda")
     scaler_G = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     scaler_D = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
