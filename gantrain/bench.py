@@ -243,9 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="name of the docs/BENCHMARKS.md section to (re)write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from gantrain.train import select_device
+    from gantrain.train import configure_backends, select_device
 
     device = select_device(args.device)
+    configure_backends(device, deterministic=False)  # as train() sets them, before the first ceiling
     tmp = Path(tempfile.mkdtemp(prefix="gantrain-bench-"))
     root = Path(args.data_root) if args.data_root else tmp / "data"
     if not args.data_root:
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides = [*model, *data, f"data.root={root}", f"trainer.device={args.device}",
                      f"trainer.precision={args.precision}", "metrics.enabled=false", *extra]
         cfg = compose(overrides)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # this case's peak, not the run's so far
         # the ceiling is timed before and after the loop and averaged, so drift of the machine cancels
         ceiling_before = measure_ceiling(cfg, device, args.seconds / 2)
         # the loop: enough steps for several log intervals (and, on a GPU, the defaults' grids every 500

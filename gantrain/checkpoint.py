@@ -39,12 +39,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU byte tensors, also when the checkpoint was loaded with map_location=cuda
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
+        cuda = [s.cpu() for s in state["cuda"][: torch.cuda.device_count()]]
         torch.cuda.set_rng_state_all(cuda)
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 

@@ -171,5 +171,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 2:
             raise UserError(f"{key}={value} is out of range: it must be at least 2.")
+    if cfg.trainer.sync_batchnorm and cfg.loss.r1_gamma:
+        raise UserError("trainer.sync_batchnorm=true cannot be combined with R1 (loss.r1_gamma>0): PyTorch's "
+                        "SyncBatchNorm has no second derivative; set one of them off.")
     if cfg.data.name == "folder" and OmegaConf.is_missing(cfg.data, "root"):
         raise UserError("data=folder needs the images' location: add data.root=/path/to/images.")

@@ -16,8 +16,9 @@ that asked for it:
 
 On a GPU a read waits for the device when its tensor lives there. On a CPU nothing waits, so the check is
 what *would* wait on a GPU: every read except those of torch's host-side counters (the optimiser's step
-counts and ``AveragedModel.n_averaged``, CPU tensors also when the model is on a GPU). Exit status 1 when
-the training step waits for the device, 0 otherwise.
+counts, CPU tensors also when the model is on a GPU unless the optimiser is fused). Host-to-device copies
+from pageable memory also wait on a GPU; only ``set_sync_debug_mode`` sees them, so on a CPU they are not
+checked. Exit status 1 when the training step waits for the device, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ READS = {_T.item, _T.tolist, _T.numpy, _T.cpu, _T.__bool__, _T.__float__, _T.__i
          _T.__complex__, _T.__format__, _T.__repr__, _T.__array__, _T.nonzero, _T.masked_select, _T.unique,
          torch.nonzero, torch.masked_select, torch.unique, torch.equal}
 MOVES = {_T.to, _T.copy_}  # reads when they bring a tensor to the host
-HOST_COUNTERS = ("torch/optim/",)  # Adam's step counts, AveragedModel.n_averaged: CPU tensors on any device
+HOST_COUNTERS = ("torch/optim/",)  # the optimisers' step counts: CPU tensors on any device (unless fused)
 _INTERNAL = ("torch/overrides.py", "torch/utils/_python_dispatch.py", "torch/_dynamo/", "torch/_compile.py",
              "torch/_tensor.py", "gantrain/syncs.py")
 

@@ -54,15 +54,18 @@ class Interrupted(Exception):
 
 # -------------------------------------------------------------------------------------------- setup
 def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name == "auto" or name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"trainer.device={name} was asked for but no CUDA GPU is available: "
                             "use trainer.device=auto or trainer.device=cpu.")
-        dev = torch.device(name)
-        if dev.index is None:  # "cuda": this process's GPU (its local rank under torchrun), never an unset index
-            dev = torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
+        dev = torch.device("cuda" if name == "auto" else name)
+        if dev.index is None:  # this process's GPU (its local rank under torchrun), never an unset index
+            return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
+        if distributed.world_size() > 1:
+            raise UserError(f"trainer.device={name} would put all {distributed.world_size()} processes on one GPU: "
+                            "use trainer.device=cuda (each process takes its own) or CUDA_VISIBLE_DEVICES.")
         if dev.index >= torch.cuda.device_count():
             raise UserError(f"trainer.device={name} does not exist: this machine has "
                             f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...).")
@@ -85,6 +88,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Deterministic algorithms if asked; on CUDA the process's GPU, cuDNN autotuning and TF32 matmuls."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -101,16 +115,29 @@ def build_network(node: DictConfig, name: str, shape: tuple[int, ...]) -> torch.
         raise UserError(f"cannot build the {name} from model.{name}: {cause or e}.") from e
 
 
+IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")  # how an optimiser runs, not what it does
+
+
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """``opt.load_state_dict(saved)`` keeping this run's implementation (fused or not): the saved groups would
+    otherwise replace it, and a CPU checkpoint resumed on a GPU would lose its fused kernels (which fp16's
+    GradScaler has already been told about)."""
+    groups = [{**old, **{k: new[k] for k in IMPLEMENTATION if k in new}}
+              for old, new in zip(saved["param_groups"], opt.param_groups)]
+    opt.load_state_dict({**saved, "param_groups": groups})
+
+
 def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     """The optimiser of ``optim.<name>`` for ``net``. ``fused``: use the optimiser's fused kernels when it has
     them and the config does not say (on CUDA: the fastest implementation, and the only one with which the fp16
     GradScaler never reads ``found_inf`` back to the host)."""
     try:
         make = instantiate(node)
-        if fused and "fused" not in node and "fused" in inspect.signature(make.func).parameters:
+        chosen = any(node.get(k) for k in IMPLEMENTATION if k != "fused") or "fused" in node
+        if fused and not chosen and "fused" in inspect.signature(make.func).parameters:
             make = functools.partial(make, fused=True)
         return make(net.parameters())
-    except (InstantiationException, TypeError, ValueError) as e:
+    except (InstantiationException, TypeError, ValueError, RuntimeError) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
         raise UserError(f"cannot build the {name}'s optimiser from optim.{name}: {str(cause).rstrip('.')}; "
                         f"fix the setting in optim.{name}.") from e
@@ -126,17 +153,18 @@ class EMA:
 
     def __init__(self, G: torch.nn.Module, ema_kimg: float, rampup: float = 0.05):
         self.ema_nimg, self.rampup, self.beta = ema_kimg * 1000, rampup, 0.0
-        self.model = AveragedModel(G, multi_avg_fn=self._lerp, use_buffers=False)
+        self.model = AveragedModel(G, use_buffers=False)  # a frozen copy of G (and its n_averaged counter)
         self.model.eval().requires_grad_(False)
-
-    def _lerp(self, ema_params, params, _num_averaged):
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.beta)
 
     @torch.no_grad()
     def update(self, G: torch.nn.Module, images_seen: int, batch: int) -> None:
         half_life = min(self.ema_nimg, images_seen * self.rampup) if self.rampup else self.ema_nimg
         self.beta = 0.5 ** (batch / max(half_life, 1e-8))
-        self.model.update_parameters(G)
+        # one foreach lerp, not AveragedModel.update_parameters: that copies its CPU counter n_averaged to
+        # the GPU every step, and a copy from pageable host memory makes the host wait for the device
+        torch._foreach_lerp_(list(self.model.module.parameters()), [p.detach() for p in G.parameters()],
+                             1.0 - self.beta)
+        self.model.n_averaged += 1  # stays on the CPU: no device work
         for b_ema, b in zip(self.model.module.buffers(), G.buffers()):
             b_ema.copy_(b)
 
@@ -196,13 +224,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     device = select_device(cfg.trainer.device)
     amp_dtype = autocast_dtype(cfg.trainer.precision, device)
     seed_everything(cfg.seed + rank)
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    configure_backends(device, cfg.trainer.deterministic)
 
     # ---- data (real batches already on the device)
     resolution = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
@@ -240,14 +262,14 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     start = 0
     resume_from = distributed.broadcast_object(_resume_path(cfg, out_dir))  # rank 0's run dir decides
     if resume_from is not None:
-        saved = checkpoint.load(resume_from, map_location=device)
+        saved = checkpoint.load(resume_from, map_location="cpu")  # load_state_dict copies onto the device
         check_resumable(saved, cfg, shape)
         G.load_state_dict(saved["G"])
         D.load_state_dict(saved["D"])
         if ema is not None and saved.get("G_ema") is not None:
             ema.model.load_state_dict(saved["G_ema"])
-        opt_G.load_state_dict(saved["opt_G"])
-        opt_D.load_state_dict(saved["opt_D"])
+        load_optimizer(opt_G, saved["opt_G"])
+        load_optimizer(opt_D, saved["opt_D"])
         scaler_G.load_state_dict(saved["scaler_G"])
         scaler_D.load_state_dict(saved["scaler_D"])
         grid_z = saved["grid_z"].cpu()

@@ -326,3 +326,25 @@ def test_kill_9_at_many_moments_never_leaves_a_bad_last_pt(tmp_path):
     assert checkpoint.load(ckpt_dir / "last.pt")["step"] == steps[-1] + 2
     assert not [n for n in os.listdir(ckpt_dir) if ".tmp" in n]
     assert_no_duplicate_steps(scalar_steps(run_dir))
+
+
+def test_an_optimiser_resumes_with_this_runs_implementation():
+    """A checkpoint of a non-fused optimiser (a CPU run) loaded into a fused one (a CUDA run) stays fused; the
+    saved groups alone would switch it back while fp16's GradScaler still treats it as fused."""
+    from gantrain.train import load_optimizer
+
+    net = torch.nn.Linear(3, 2)
+    plain = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    plain.step()
+    fused = torch.optim.Adam(net.parameters(), lr=0.5, fused=True)
+    load_optimizer(fused, plain.state_dict())
+    group = fused.param_groups[0]
+    assert group["fused"] is True and group["lr"] == 0.1   # implementation kept, hyperparameters restored
+    step = fused.state[net.weight]["step"]
+    assert step.item() == 1 and step.dtype == torch.float32
+    scaler = torch.amp.GradScaler("cpu")                    # passes found_inf to a fused optimiser
+    scaler.scale(net(torch.randn(4, 3)).sum()).backward()
+    scaler.step(fused)                                      # AssertionError in adam() had `fused` been lost
+    scaler.update()
+    assert fused.state[net.weight]["step"].item() == 2

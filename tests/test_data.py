@@ -155,6 +155,8 @@ def test_mnist_like_reads_idx_files(data_cfg, mnist_root, name, folder, seed):
     assert torch.equal(b[:, 0], expected[idx])
     test = build(data_cfg(name, root=str(mnist_root), split="test"))
     assert test.num_examples == MNIST_TEST
+    ds.close()  # frees the device copy (a slice of it would keep the whole storage alive)
+    assert ds.data.untyped_storage().nbytes() == 0
 
 
 def test_mnist_padded_to_model_resolution(data_cfg, mnist_root):

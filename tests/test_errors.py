@@ -94,6 +94,7 @@ def test_compose_errors_in_a_sweep_and_with_cfg_job(tmp_path):
     (["+foo=1"], "foo is not a setting gantrain knows: the top-level settings are model, data"),
     (["optim.generator.betas=[1.5,0.9]"], "cannot build the generator's optimiser from optim.generator: Invalid beta"),
     (["+optim.discriminator.foo=1"], "cannot build the discriminator's optimiser from optim.discriminator: "),
+    (["trainer.sync_batchnorm=true", "loss=bce_r1"], "SyncBatchNorm has no second derivative"),
 ])
 def test_bad_values_and_contradictions_exit_2(tmp_path, overrides, expected):
     r = cli(tmp_path / "run", *overrides, "trainer.max_steps=1")

@@ -157,3 +157,38 @@ def test_optimisers_are_fused_on_cuda_unless_the_config_says():
     assert build_optimizer(cfg.optim.generator, "generator", net, fused=True).defaults["fused"] is False
     assert isinstance(build_optimizer(cfg.optim.discriminator, "discriminator", net, fused=True),
                       torch.optim.RMSprop)
+
+
+def test_explicit_gpu_index_is_refused_with_several_processes(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr("gantrain.distributed.world_size", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert select_device("cuda") == torch.device("cuda", 3)
+    with pytest.raises(UserError, match="would put all 2 processes on one GPU"):
+        select_device("cuda:1")
+
+
+def test_ema_is_a_ramped_lerp_with_copied_buffers_and_no_host_reads():
+    from gantrain.syncs import HostReads
+    from gantrain.train import EMA
+
+    G = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(G, ema_kimg=10, rampup=0.05)
+    start = [p.detach().clone() for p in ema.model.module.parameters()]
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    G.train()(torch.randn(8, 3))                       # moves BatchNorm's running statistics
+    recorder = HostReads()
+    with recorder:
+        ema.update(G, images_seen=400, batch=16)       # half-life min(10,000, 0.05 * 400) = 20 images
+    assert recorder.reads == []                         # nothing read back: no sync on a GPU
+    beta = 0.5 ** (16 / 20)
+    for s, e, g in zip(start, ema.model.module.parameters(), G.parameters()):
+        torch.testing.assert_close(e, beta * s + (1 - beta) * g.detach())
+    for b_ema, b in zip(ema.model.module.buffers(), G.buffers()):
+        assert torch.equal(b_ema, b)
+    assert ema.model.n_averaged.item() == 1 and ema.model.n_averaged.device.type == "cpu"
+    ema.update(G, images_seen=10**9, batch=16)        # long runs: the configured half-life, 10,000 images
+    assert ema.beta == pytest.approx(0.5 ** (16 / 10_000))

@@ -167,7 +167,7 @@ class TensorDataset(Dataset):
 
     def close(self) -> None:
         super().close()
-        self.data = self.data[:0]
+        self.data = self.data.new_empty((0, *self.data.shape[1:]))  # a slice would keep the storage alive
 
 
 def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
