@@ -8,12 +8,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.utils import ROOT, gantrain, tiny
+from tests.utils import FAST, ROOT, gantrain, make_cfg, tiny
 
 GROUPS = {"model": ["dcgan", "gan", "stylegan"], "data": ["celeba", "fashion_mnist", "folder", "mnist", "sine"],
-          "loss": ["bce", "bce_r1", "hinge", "lsgan", "minimax"], "optim": ["adam", "stylegan", "ttur"]}
+          "loss": ["bce", "bce_r1", "hinge", "lsgan", "minimax"], "optim": ["adam", "stylegan", "ttur"],
+          "experiment": ["dcgan_celeba", "dcgan_mnist", "gan_mnist", "stylegan_celeba"]}
 
 
 def test_help_lists_every_group_and_option():
@@ -73,3 +75,32 @@ def test_the_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
                          capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+PRESETS = {  # experiment: (model, data, steps, what the preset sets beyond the groups)
+    "dcgan_celeba": ("dcgan", "celeba", 8000, {"data.batch_size": 128, "data.resolution": 64}),
+    "dcgan_mnist": ("dcgan", "mnist", 4700, {"data.batch_size": 128}),
+    "gan_mnist": ("gan", "mnist", 20000, {"model.generator.hidden": [256, 512, 1024], "model.z_dim": 100}),
+    "stylegan_celeba": ("stylegan", "celeba", 25000, {"model.channel_base": 16384, "data.batch_size": 32,
+                                                      "loss.r1_gamma": 0.05, "optim.generator.lr": 0.002}),
+}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_experiment_presets_compose_and_train_with_overrides_winning(tmp_path, mnist_root, celeba_root, name):
+    from omegaconf import OmegaConf
+
+    from gantrain.train import train
+
+    model, data, steps, settings = PRESETS[name]
+    cfg = make_cfg(f"experiment={name}")
+    assert (cfg.model.name, cfg.data.name, cfg.trainer.max_steps) == (model, data, steps)
+    for key, value in settings.items():
+        got = OmegaConf.select(cfg, key)
+        assert (OmegaConf.to_object(got) if OmegaConf.is_config(got) else got) == value, key
+    root = mnist_root if data == "mnist" else celeba_root
+    cfg = make_cfg(f"experiment={name}", *FAST, *tiny(model), f"data.root={root}", "data.batch_size=4",
+                   *(["data.resolution=32"] if data == "celeba" else []), "trainer.max_steps=2")
+    assert (cfg.trainer.max_steps, cfg.data.batch_size) == (2, 4)  # the command line wins over the preset
+    train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
