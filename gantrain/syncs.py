@@ -18,7 +18,9 @@ On a GPU a read waits for the device when its tensor lives there. On a CPU nothi
 what *would* wait on a GPU: every read except those of torch's host-side counters (the optimiser's step
 counts, CPU tensors also when the model is on a GPU unless the optimiser is fused). Host-to-device copies
 from pageable memory also wait on a GPU; only ``set_sync_debug_mode`` sees them, so on a CPU they are not
-checked. Exit status 1 when the training step waits for the device, 0 otherwise.
+checked. Exit status 1 when the training step waits for the device, 0 otherwise. It runs one process
+(``trainer.devices`` is not used: the ranks of a multi-process run do what this one does, plus DDP's
+gradient all-reduce, which NCCL runs on the GPU's own stream).
 """
 
 from __future__ import annotations
