@@ -1,6 +1,7 @@
 """Where does the training loop wait for the device?  Step by step, in a short real run.
 
-    python -m gantrain.syncs [gantrain overrides ...]      e.g.  model=dcgan data=mnist trainer.device=cuda
+    python -m gantrain.syncs [--trace FILE.json] [gantrain overrides ...]
+    e.g.  python -m gantrain.syncs --trace /tmp/dcgan.json model=dcgan data=mnist trainer.device=cuda
 
 The loop promises that its training step (D step(s), G step, generator EMA, loss accumulators) never makes
 the host wait for the device, and that values are read back only in the periodic part of a step (logs,
@@ -12,7 +13,10 @@ that asked for it:
   ``float(t)``/``int(t)``, printing a tensor, ``nonzero``/``masked_select``/``unique`` (their size depends
   on the values), ``torch.equal``: a ``torch.overrides.TorchFunctionMode`` sees each call with its tensor;
 - on CUDA also everything ``torch.cuda.set_sync_debug_mode("warn")`` reports (synchronising CUDA calls
-  made inside C++ operators too).
+  made inside C++ operators too);
+- with ``--trace``, ``torch.profiler`` records the run with each step's two phases as named ranges
+  (``gantrain/step N``, ``gantrain/periodic N``) and writes a Chrome trace; on CUDA the blocking runtime
+  calls (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ...) are counted per phase from it.
 
 On a GPU a read waits for the device when its tensor lives there. On a CPU nothing waits, so the check is
 what *would* wait on a GPU: every read except those of torch's host-side counters (the optimiser's step
@@ -30,6 +34,7 @@ import tempfile
 import traceback
 import warnings
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +91,7 @@ class HostReads(TorchFunctionMode):
         super().__init__()
         self.reads: list[Read] = []
         self.step, self.phase = 0, "setup"
+        self.profiler_syncs: Counter | None = None  # blocking CUDA runtime calls by phase (with a CUDA trace)
         self._cuda_warnings: list[warnings.WarningMessage] = []
 
     def mark(self, step: int, phase: str) -> None:
@@ -136,18 +142,75 @@ def _to_host(func, args, kwargs) -> bool:
     return args[0].device.type != "cpu" and target is not None and torch.device(target).type == "cpu"
 
 
-def record(overrides: list[str], out_dir: str | Path) -> tuple[HostReads, torch.device, object]:
-    """Train with ``overrides`` in ``out_dir``, recording host reads; returns (recorder, device, cfg)."""
+class Phases:
+    """Profiler ranges ``gantrain/step N`` and ``gantrain/periodic N`` (``record_function``), one at a time."""
+
+    def __init__(self):
+        self._open = None
+
+    def mark(self, step: int, phase: str) -> None:
+        self.close()
+        self._open = torch.profiler.record_function(f"gantrain/{phase} {step}")
+        self._open.__enter__()
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+            self._open = None
+
+
+# CUDA runtime calls that block the host until the device is done (cudaMemcpyAsync alone does not)
+CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cudaMemcpy2D")
+
+
+def profiler_syncs(prof: torch.profiler.profile) -> Counter:
+    """The profiler's blocking CUDA runtime calls, counted by the phase ("step", "periodic", "setup") they fell in."""
+    events = prof.events()
+    ranges = [(e.time_range.start, e.time_range.end, e.name.split()[0].split("/")[1])
+              for e in events if e.name.startswith("gantrain/")]
+    counts: Counter = Counter()
+    for e in events:
+        if e.name in CUDA_SYNCS:
+            t = e.time_range.start
+            counts[next((kind for a, b, kind in ranges if a <= t <= b), "setup")] += 1
+    return counts
+
+
+def record(overrides: list[str], out_dir: str | Path,
+           trace: str | Path | None = None) -> tuple[HostReads, torch.device, object]:
+    """Train with ``overrides`` in ``out_dir``, recording host reads; returns (recorder, device, cfg).
+
+    With ``trace``, the run is also profiled (``torch.profiler``, each step's two phases as named ranges) and
+    the Chrome trace written there; on CUDA ``recorder.profiler_syncs`` counts the blocking runtime calls."""
     from gantrain.bench import compose
     from gantrain.train import select_device, train
 
     cfg = compose(overrides)
     if not any(o.startswith("trainer.max_steps=") for o in overrides):
         cfg = compose([*overrides, f"trainer.max_steps={3 * cfg.log.every_n_steps}"])
-    recorder = HostReads()
-    with recorder:
-        train(cfg, out_dir, on_phase=recorder.mark)
-    return recorder, select_device(cfg.trainer.device), cfg
+    device = select_device(cfg.trainer.device)
+    recorder, phases, prof = HostReads(), Phases(), None
+    if trace is not None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        prof = torch.profiler.profile(activities=activities)
+
+    def mark(step: int, phase: str) -> None:
+        recorder.mark(step, phase)
+        if prof is not None:
+            phases.mark(step, phase)
+
+    with prof or nullcontext(), recorder:
+        try:
+            train(cfg, out_dir, on_phase=mark)
+        finally:
+            phases.close()
+    if prof is not None:
+        prof.export_chrome_trace(str(trace))
+        recorder.profiler_syncs = profiler_syncs(prof) if device.type == "cuda" else None
+    return recorder, device, cfg
 
 
 def report(recorder: HostReads, device: torch.device, steps: int) -> tuple[str, bool]:
@@ -167,10 +230,16 @@ def report(recorder: HostReads, device: torch.device, steps: int) -> tuple[str, 
     lines.append(f"periodic part (logs, grids, checkpoints, metrics): reads at steps {steps_read or 'none'}")
     for (step, what, where), n in sorted(periodic.items()):
         lines.append(f"    step {step:5d}: {n:4d} x {what:10s} {where}")
-    verdict = ("the training step never waited for the device" if not waits else
-               f"the training step waited for the device {len(waits)} times")
+    blocked = 0
+    if recorder.profiler_syncs is not None:
+        blocked = recorder.profiler_syncs["step"]
+        lines.append(f"profiler, blocking CUDA runtime calls ({', '.join(CUDA_SYNCS)}): {blocked} in training "
+                     f"steps, {recorder.profiler_syncs['periodic']} in periodic parts, "
+                     f"{recorder.profiler_syncs['setup']} in setup")
+    verdict = ("the training step never waited for the device" if not (waits or blocked) else
+               f"the training step waited for the device {len(waits) + blocked} times")
     lines.append(verdict + ".")
-    return "\n".join(lines), bool(waits)
+    return "\n".join(lines), bool(waits or blocked)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,13 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__)
         return 0
+    trace = None
+    for i, a in enumerate(overrides):
+        if a == "--trace" and i + 1 < len(overrides):
+            trace = overrides.pop(i + 1)
+            overrides.pop(i)
+            break
+        if a.startswith("--trace="):
+            trace = overrides.pop(i).split("=", 1)[1]
+            break
     from gantrain.cli import explain
     from gantrain.config import UserError
 
     defaults = ["metrics.enabled=false", "log.progress_bar=false"]  # the user's overrides come after, and win
     try:
         with tempfile.TemporaryDirectory(prefix="gantrain-syncs-") as tmp:
-            recorder, device, cfg = record([*defaults, *overrides], tmp)
+            recorder, device, cfg = record([*defaults, *overrides], tmp, trace)
     except Exception as e:  # bad overrides: the sentences gantrain itself gives
         message = str(e) if isinstance(e, UserError) else explain(e)
         if message is None:
@@ -192,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gantrain.syncs: error: {message}", file=sys.stderr)
         return 2
     text, waited = report(recorder, device, cfg.trainer.max_steps)
-    print(text)
+    print(text + (f"\nprofiler trace (chrome://tracing, Perfetto): {trace}" if trace else ""))
     return 1 if waited else 0
 
 
