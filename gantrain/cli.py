@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import sys
@@ -14,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gantrain.config import UserError, register
+from gantrain.config import UserError, register, unknown_key
 
 log = logging.getLogger("gantrain")
 _job_started = False  # set when Hydra hands a composed config to the task (errors before that are setup errors)
@@ -144,19 +143,10 @@ def _keys_of(node_type) -> list[str]:
 
 
 def _unknown_key(cause) -> str:
-    full_key, key = str(cause.full_key), str(cause.key)
-    prefix = full_key[: -len(key)] if full_key.endswith(key) else ""
     keys = _keys_of(cause.object_type)
     if not keys and cause.__dict__.get("parent_node") is not None:
         keys = [str(k) for k in cause.parent_node]
-    close = difflib.get_close_matches(key, keys, n=1)
-    if close:
-        hint = f"did you mean {prefix}{close[0]}?"
-    elif keys:
-        hint = f"{prefix.rstrip('.') or 'the top level'} has {', '.join(keys)}."
-    else:
-        hint = "`gantrain --cfg job` prints every setting there is."
-    return f"{full_key} is not a setting gantrain knows: {hint}"
+    return unknown_key(str(cause.full_key), keys)
 
 
 def _wrong_type(cause) -> str:

@@ -124,6 +124,19 @@ def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
         raise UserError(f"{key}={value} is out of range: it must be {bound}.")
 
 
+def unknown_key(full_key: str, known: list[str]) -> str:
+    """The sentence for a setting that does not exist: the nearest of its section's ``known`` keys, or all."""
+    section, _, key = full_key.rpartition(".")
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        hint = f"did you mean {section + '.' if section else ''}{close[0]}?"
+    elif known:
+        hint = f"{section or 'the top level'} has {', '.join(known)}."
+    else:
+        hint = "`gantrain --cfg job` prints every setting there is."
+    return f"{full_key} is not a setting gantrain knows: {hint}"
+
+
 def _no_added_keys(cfg: DictConfig) -> None:
     """``+trainer.max_step=5`` gets past Hydra (``+`` may add keys anywhere) but nothing would read it."""
     sections = {f.name: f.default_factory for f in fields(Config) if is_dataclass(f.default_factory)}
@@ -131,9 +144,7 @@ def _no_added_keys(cfg: DictConfig) -> None:
         known = [f.name for f in fields(schema)]
         for key in cfg.get(section) or {}:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {section}.{close[0]}?" if close else f"{section} has {', '.join(known)}."
-                raise UserError(f"{section}.{key} is not a setting gantrain knows: {hint} "
+                raise UserError(f"{unknown_key(f'{section}.{key}', known)} "
                                 "(+key=value adds settings only to model and optim).")
     known = [f.name for f in fields(Config)]
     for key in cfg:
