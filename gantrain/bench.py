@@ -107,9 +107,8 @@ class Networks:
         D = instantiate(cfg.model.discriminator, shape=shape).to(device)
         dtype = autocast_dtype(cfg.trainer.precision, device)
         views = training_views(G, D, device, cfg.trainer.compile)
-        fused = device.type == "cuda"  # as train() builds them
-        self.t = Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G, fused),
-                         build_optimizer(cfg.optim.discriminator, "discriminator", D, fused), GANLoss(**cfg.loss),
+        self.t = Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G),
+                         build_optimizer(cfg.optim.discriminator, "discriminator", D), GANLoss(**cfg.loss),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                          (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext,

@@ -29,6 +29,7 @@ gradient all-reduce, which NCCL runs on the GPU's own stream).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import traceback
@@ -58,7 +59,6 @@ class Read:
     what: str     # e.g. "item", "tolist", "cuda sync"
     device: str   # where the tensor lived
     where: str    # the line that asked for it (innermost frame outside torch's dispatch machinery)
-    via: str      # the innermost gantrain line on the way there
 
     def waits(self, run_device: torch.device) -> bool:
         """Whether this read waits (on a GPU) or would wait (on a CPU run) for the device."""
@@ -76,12 +76,11 @@ def _short(filename: str) -> str:
     return path
 
 
-def _origin() -> tuple[str, str]:
-    frames = [f for f in traceback.extract_stack()[:-2] if not _short(f.filename).startswith(_INTERNAL)]
-    inner = frames[-1] if frames else None
-    ours = next((f for f in reversed(frames) if _short(f.filename).startswith("gantrain/")), None)
-    fmt = lambda f: f"{_short(f.filename)}:{f.lineno} ({f.name})" if f else "-"
-    return fmt(inner), fmt(ours)
+def _origin() -> str:
+    """``file:line (function)`` of the innermost frame outside torch's dispatch machinery."""
+    f = next((f for f in reversed(traceback.extract_stack()[:-2]) if not _short(f.filename).startswith(_INTERNAL)),
+             None)
+    return f"{_short(f.filename)}:{f.lineno} ({f.name})" if f else "-"
 
 
 class HostReads(TorchFunctionMode):
@@ -103,9 +102,8 @@ class HostReads(TorchFunctionMode):
         if func in READS or (func in MOVES and _to_host(func, args, kwargs)):
             t = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if t is not None:
-                where, via = _origin()
                 name = getattr(func, "__name__", str(func)).strip("_")
-                self.reads.append(Read(self.step, self.phase, name, t.device.type, where, via))
+                self.reads.append(Read(self.step, self.phase, name, t.device.type, _origin()))
         return func(*args, **kwargs)
 
     # ---- CUDA: torch's own detector of synchronising calls (also those inside C++ operators)
@@ -129,7 +127,7 @@ class HostReads(TorchFunctionMode):
         for w in self._cuda_warnings:
             if "synchronizing" in str(w.message):
                 where = f"{_short(w.filename)}:{w.lineno}"
-                self.reads.append(Read(self.step, self.phase, "cuda sync", "cuda", where, where))
+                self.reads.append(Read(self.step, self.phase, "cuda sync", "cuda", where))
         self._cuda_warnings.clear()
 
 
@@ -243,19 +241,11 @@ def report(recorder: HostReads, device: torch.device, steps: int) -> tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in overrides):
-        print(__doc__)
-        return 0
-    trace = None
-    for i, a in enumerate(overrides):
-        if a == "--trace" and i + 1 < len(overrides):
-            trace = overrides.pop(i + 1)
-            overrides.pop(i)
-            break
-        if a.startswith("--trace="):
-            trace = overrides.pop(i).split("=", 1)[1]
-            break
+    p = argparse.ArgumentParser(prog="python -m gantrain.syncs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", metavar="FILE.json", help="also profile the run and write a Chrome trace there")
+    args, overrides = p.parse_known_args(argv)  # the rest are gantrain overrides (key=value)
+    trace = args.trace
     from gantrain.cli import explain
     from gantrain.config import UserError
 

@@ -54,13 +54,13 @@ class Interrupted(Exception):
 
 # -------------------------------------------------------------------------------------------- setup
 def select_device(name: str) -> torch.device:
-    if name == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if name == "auto" or name.startswith("cuda"):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"trainer.device={name} was asked for but no CUDA GPU is available: "
                             "use trainer.device=auto or trainer.device=cpu.")
-        dev = torch.device("cuda" if name == "auto" else name)
+        dev = torch.device(name)
         if dev.index is None:  # this process's GPU (its local rank under torchrun), never an unset index
             return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
         if distributed.world_size() > 1:
@@ -127,10 +127,13 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
     opt.load_state_dict({**saved, "param_groups": groups})
 
 
-def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-    """The optimiser of ``optim.<name>`` for ``net``. ``fused``: use the optimiser's fused kernels when it has
-    them and the config does not say (on CUDA: the fastest implementation, and the only one with which the fp16
-    GradScaler never reads ``found_inf`` back to the host)."""
+def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module,
+                    fused: bool | None = None) -> torch.optim.Optimizer:
+    """The optimiser of ``optim.<name>`` for ``net``. ``fused`` (default: whether ``net`` is on CUDA): use the
+    optimiser's fused kernels when it has them and the config does not say (on CUDA: the fastest implementation,
+    and the only one with which the fp16 GradScaler never reads ``found_inf`` back to the host)."""
+    if fused is None:
+        fused = next(net.parameters()).device.type == "cuda"
     try:
         make = instantiate(node)
         chosen = any(node.get(k) for k in IMPLEMENTATION if k != "fused") or "fused" in node
@@ -155,6 +158,7 @@ class EMA:
         self.ema_nimg, self.rampup, self.beta = ema_kimg * 1000, rampup, 0.0
         self.model = AveragedModel(G, use_buffers=False)  # a frozen copy of G (and its n_averaged counter)
         self.model.eval().requires_grad_(False)
+        self._params = list(self.model.module.parameters())  # loading a state dict copies into these
 
     @torch.no_grad()
     def update(self, G: torch.nn.Module, images_seen: int, batch: int) -> None:
@@ -162,8 +166,7 @@ class EMA:
         self.beta = 0.5 ** (batch / max(half_life, 1e-8))
         # one foreach lerp, not AveragedModel.update_parameters: that copies its CPU counter n_averaged to
         # the GPU every step, and a copy from pageable host memory makes the host wait for the device
-        torch._foreach_lerp_(list(self.model.module.parameters()), [p.detach() for p in G.parameters()],
-                             1.0 - self.beta)
+        torch._foreach_lerp_(self._params, list(G.parameters()), 1.0 - self.beta)
         self.model.n_averaged += 1  # stays on the CPU: no device work
         for b_ema, b in zip(self.model.module.buffers(), G.buffers()):
             b_ema.copy_(b)
@@ -248,8 +251,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
 
     # ---- loss and optimisers
     loss = GANLoss(**cfg.loss)
-    opt_G = build_optimizer(cfg.optim.generator, "generator", G, fused=device.type == "cuda")
-    opt_D = build_optimizer(cfg.optim.discriminator, "discriminator", D, fused=device.type == "cuda")
+    opt_G = build_optimizer(cfg.optim.generator, "generator", G)
+    opt_D = build_optimizer(cfg.optim.discriminator, "discriminator", D)
     scaler_G = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     scaler_D = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
