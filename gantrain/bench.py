@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from gantrain.cli import compose
+
 CASES = {  # name: (model overrides, data overrides)
     "gan-mnist": (["model=gan"], ["data=mnist"]),
     "dcgan-mnist": (["model=dcgan"], ["data=mnist"]),
@@ -59,20 +61,6 @@ def write_data(root: Path, n_mnist: int, n_jpeg: int) -> None:
     for i in range(n_jpeg):
         img = rng.integers(0, 256, (218 // 8, 178 // 8, 3), dtype=np.uint8)
         Image.fromarray(img).resize((178, 218)).save(faces / f"{i + 1:06d}.jpg", quality=90)
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from gantrain.cli import config_dir
-    from gantrain.config import register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
 
 
 def sync(device: torch.device) -> None:

@@ -29,6 +29,17 @@ def config_dir() -> str:
 register()
 
 
+def compose(overrides: list[str]) -> DictConfig:
+    """The job config ``gantrain OVERRIDES`` would train with, composed without a run (scripts and tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
 def check_writable(run_dir: str | os.PathLike) -> None:
     """Refuse, in one sentence, a run directory (or its ``checkpoints/``) that cannot be written."""
     for d in (Path(run_dir), Path(run_dir) / "checkpoints"):

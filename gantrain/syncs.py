@@ -181,7 +181,7 @@ def record(overrides: list[str], out_dir: str | Path,
 
     With ``trace``, the run is also profiled (``torch.profiler``, each step's two phases as named ranges) and
     the Chrome trace written there; on CUDA ``recorder.profiler_syncs`` counts the blocking runtime calls."""
-    from gantrain.bench import compose
+    from gantrain.cli import compose
     from gantrain.train import select_device, train
 
     cfg = compose(overrides)

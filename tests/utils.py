@@ -7,11 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from gantrain.cli import config_dir
-from gantrain.config import register
+from gantrain.cli import compose
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["log.progress_bar=false", "trainer.device=cpu", "metrics=off"]
@@ -19,10 +15,7 @@ FAST = ["log.progress_bar=false", "trainer.device=cpu", "metrics=off"]
 
 def make_cfg(*overrides: str):
     """The composed job config for ``overrides``, as ``gantrain`` would build it."""
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(list(overrides))
 
 
 def tiny(model: str) -> list[str]:
