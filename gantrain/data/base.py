@@ -15,8 +15,7 @@ cached (on the device for device-resident data); ``batch`` never synchronises ho
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import functools
 
 import numpy as np
 import torch
@@ -64,9 +63,11 @@ class Dataset:
         if self.num_examples < 1:
             raise UserError(f"data set {name} has {self.total} examples, too few to give each of "
                             f"{self.world_size} processes one; use fewer processes or more data.")
-        self._perm_lock = threading.Lock()
-        self._perm_cpu: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self._perm_dev: OrderedDict[int, torch.Tensor] = OrderedDict()
+        # the current epoch's order and the next one's (a prefetching thread may cross into it), on the CPU
+        # and on the device; lru_cache is thread-safe
+        self.epoch_permutation = functools.lru_cache(maxsize=2)(self._permutation)
+        self._epoch_permutation_device = functools.lru_cache(maxsize=2)(
+            lambda epoch: to_device(self.epoch_permutation(epoch), self.device))
 
     # ------------------------------------------------------------------ permutations
     def batches_per_epoch(self, batch_size: int) -> int:
@@ -78,27 +79,12 @@ class Dataset:
                             f"of data set {self.name} per process; lower data.batch_size.")
         return bpe
 
-    def epoch_permutation(self, epoch: int) -> torch.Tensor:
-        """This rank's example order for ``epoch`` (CPU int64 tensor of length ``num_examples``)."""
-        with self._perm_lock:
-            perm = self._perm_cpu.get(epoch)
-            if perm is None:
-                g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-                glob = torch.randperm(self.total, generator=g)
-                perm = glob[self.rank::self.world_size][: self.num_examples].contiguous()
-                self._perm_cpu[epoch] = perm
-                while len(self._perm_cpu) > 2:           # current epoch + the one prefetching may cross into
-                    self._perm_cpu.popitem(last=False)
-            return perm
-
-    def _epoch_permutation_device(self, epoch: int) -> torch.Tensor:
-        perm = self._perm_dev.get(epoch)
-        if perm is None:
-            perm = to_device(self.epoch_permutation(epoch), self.device)
-            self._perm_dev[epoch] = perm
-            while len(self._perm_dev) > 2:
-                self._perm_dev.popitem(last=False)
-        return perm
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """This rank's example order for ``epoch`` (CPU int64 tensor of length ``num_examples``); called
+        through the cached ``epoch_permutation``."""
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        glob = torch.randperm(self.total, generator=g)
+        return glob[self.rank::self.world_size][: self.num_examples].contiguous()
 
     def _position(self, step: int, batch_size: int) -> tuple[int, int]:
         if step < 0:
@@ -131,17 +117,11 @@ class Dataset:
         return self._gather(to_device(self._fixed_indices(n), self.device))
 
     def close(self) -> None:
-        self._perm_cpu.clear()
-        self._perm_dev.clear()
+        self.epoch_permutation.cache_clear()
+        self._epoch_permutation_device.cache_clear()
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:   # idx: int64 on self.device
         raise NotImplementedError
-
-    def __enter__(self) -> Dataset:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __len__(self) -> int:
         return self.num_examples
