@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import math
 import os
 import re
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from gantrain.config import UserError
+from gantrain.models import sample as _forward  # fixed noise: a seed fixes the output
 
 BATCH = 256                         # latents per forward pass: memory stays bounded for any N
 KINDS = {".png": "grid", ".npz": "npz", ".gif": "gif"}
@@ -110,15 +110,6 @@ def _latents(n: int, z_dim: int, seed: int) -> Iterator[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     for start in range(0, n, BATCH):
         yield torch.randn(min(BATCH, n - start), z_dim, generator=g)
-
-
-def _forward(G: nn.Module, z: torch.Tensor, psi: float | None) -> torch.Tensor:
-    kwargs: dict[str, Any] = {}
-    if psi is not None:
-        kwargs["psi"] = psi
-    if "noise_mode" in inspect.signature(G.forward).parameters:
-        kwargs["noise_mode"] = "const"          # StyleGAN: fixed noise, so a seed fixes the output
-    return G(z, **kwargs)
 
 
 def samples(G: nn.Module, n: int, seed: int, psi: float | None, device: torch.device,

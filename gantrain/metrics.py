@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from gantrain.config import UserError
+from gantrain.models import sample
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +538,7 @@ class Evaluator:
         net.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                return torch.cat([net(c.to(self.device)).float() for c in z.split(self.batch_size)])
+                return torch.cat([sample(net, c.to(self.device)).float() for c in z.split(self.batch_size)])
         finally:
             net.train(was_training)
 

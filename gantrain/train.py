@@ -33,6 +33,7 @@ from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
 from gantrain.losses import GANLoss
 from gantrain.metrics import build_evaluator
+from gantrain.models import sample
 from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
 from gantrain.summaries import Summaries, curves_figure, flatten
 
@@ -340,7 +341,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
         was_training = net.training
         net.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            fake = torch.cat([net(z) for z in grid_z.split(256)])
+            fake = torch.cat([sample(net, z) for z in grid_z.split(256)])  # fixed noise: grids comparable
             if data.kind == "curve":
                 tb.figure("samples", curves_figure(fake, data.real_samples(16), getattr(data, "x", None)), step)
             else:
