@@ -57,17 +57,17 @@ class Trainee:
 
 
 def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
-    """One D step; returns (loss_D, D(real), D(fake)) as tensors (nothing is read back)."""
+    """One D step; returns (loss_D, D(real), D(fake)) as tensors (nothing is read back). ``loss_D`` is the
+    GAN loss without the lazy R1 term, so the logged curve does not jump on the steps R1 is due."""
     t.D.requires_grad_(True)
     with t.autocast():
         with torch.no_grad():
             fake = t.G_run(z)
         d_real, d_fake = t.D_learn(real), t.D_learn(fake)
         loss_D = t.loss.d_loss(d_real, d_fake)
-    if t.loss.r1_due(d_index):
-        loss_D = loss_D + t.loss.r1(t.D, real)
+    objective = loss_D + t.loss.r1(t.D, real) if t.loss.r1_due(d_index) else loss_D
     t.opt_D.zero_grad(set_to_none=True)
-    t.scaler_D.scale(loss_D).backward()
+    t.scaler_D.scale(objective).backward()
     t.scaler_D.step(t.opt_D)
     update_counting_skips(t.scaler_D, t.skipped[1])
     return loss_D, d_real, d_fake

@@ -78,3 +78,23 @@ def test_lazy_r1_schedule():
     loss = GANLoss(r1_gamma=1.0, r1_interval=4)
     assert [loss.r1_due(i) for i in range(9)] == [True, False, False, False, True, False, False, False, True]
     assert not any(GANLoss(r1_gamma=0.0).r1_due(i) for i in range(8))
+
+
+def test_d_step_trains_on_r1_but_reports_the_gan_loss():
+    """Loss/D is the GAN loss: it does not jump on the steps lazy R1 is due, while D's update includes R1."""
+    from gantrain.models.mlp import Discriminator, Generator
+    from gantrain.steps import Trainee, d_step
+
+    def trainee(r1_gamma):
+        torch.manual_seed(0)
+        G, D = Generator((8,), z_dim=4, hidden=[16]), Discriminator((8,), hidden=[16], dropout=0.0)
+        off = torch.amp.GradScaler("cpu", enabled=False)
+        return Trainee(D, G, D, G, D, torch.optim.SGD(G.parameters(), lr=0.1),
+                       torch.optim.SGD(D.parameters(), lr=0.1), GANLoss(r1_gamma=r1_gamma, r1_interval=1), off, off)
+
+    real, z = torch.randn(6, 8), torch.randn(6, 4)
+    plain, with_r1 = trainee(0.0), trainee(10.0)
+    loss_plain = d_step(plain, real, z, d_index=0)[0]
+    loss_r1 = d_step(with_r1, real, z, d_index=0)[0]
+    assert torch.equal(loss_plain, loss_r1)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.D.parameters(), with_r1.D.parameters()))
