@@ -327,3 +327,19 @@ def test_hparams_search_examples_compose():
     assert set(cfg.hydra.sweeper.params) == {"optim.generator.lr", "optim.discriminator.lr", "seed"}
     text = (Path(config_dir()) / "hparams_search" / "optuna.yaml").read_text()
     assert "override /hydra/sweeper: optuna" in text and "direction: minimize" in text
+
+
+def test_image_metrics_keep_the_training_rng_stream(tmp_path, image_folder):
+    """The random-CNN backend initialises its layers from torch's global generator (the sine metrics above
+    draw nothing): built and evaluated inside the run, it must still leave the training stream as it was."""
+    common = [*FAST, *tiny("dcgan"), "data=folder", f"data.root={image_folder}", "data.resolution=16",
+              "data.batch_size=4", "trainer.max_steps=4", "log.every_n_steps=2",
+              f"metrics.cache_dir={tmp_path / 'mc'}"]
+    train(make_cfg(*common, "metrics.enabled=true", "metrics.names=[rand_fd]", "metrics.every_n_steps=2",
+                   "metrics.num_samples=16"), tmp_path / "on")
+    train(make_cfg(*common), tmp_path / "off")
+    acc = EventAccumulator(str(tmp_path / "on"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("Metrics/rand_fd")] == [2, 4]
+    on = torch.load(tmp_path / "on" / "checkpoints" / "last.pt", weights_only=True)["G"]
+    off = torch.load(tmp_path / "off" / "checkpoints" / "last.pt", weights_only=True)["G"]
+    assert all(torch.equal(v, off[k]) for k, v in on.items())
