@@ -40,6 +40,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,11 +86,6 @@ def env_world_size() -> int:
 
 
 # ----------------------------------------------------------------------------------------- collectives
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
 def broadcast_object(obj):
     """rank 0's ``obj`` on every rank."""
     if world_size() == 1:
@@ -155,9 +151,10 @@ def agree_to_stop(stop: list[int], step: int, every: int) -> bool:
         return False
     flag = torch.tensor([stop[0] if stop else 0], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item() and not stop:
-        stop.append(int(flag.item()))
-    return bool(flag.item())
+    signum = int(flag.item())  # one read, at log steps only
+    if signum and not stop:
+        stop.append(signum)
+    return bool(signum)
 
 
 # ------------------------------------------------------------------------------------ models under DDP
@@ -253,10 +250,7 @@ def evaluate(evaluator, net: torch.nn.Module, step: int, tb) -> dict[str, float]
     scores = broadcast_object(scores)
     evaluator.last = scores
     if is_main():
-        tb.scalars({f"Metrics/{k}": v for k, v in scores.items()}, step)
-        tb.flush()
-        logging.getLogger("gantrain.metrics").info(
-            "step %d: %s", step, "  ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        evaluator.report(scores, step, tb)
     return scores
 
 
@@ -484,13 +478,17 @@ def launch(fn: Callable[[Any, str], Any], cfg, out_dir: str, n: int, grace: floa
     reports: dict[int, tuple[str, Any]] = {}
     failures: list[tuple[int, str, Any]] = []   # (rank, kind, detail) in the order they were seen
     stop_at = kill_at = None
+
+    def drain() -> None:
+        while not queue.empty():
+            kind, r, detail = queue.get()
+            reports[r] = (kind, detail)
+            if kind != "ok":
+                failures.append((r, kind, detail))
+
     try:
         while True:
-            while not queue.empty():
-                kind, r, detail = queue.get()
-                reports[r] = (kind, detail)
-                if kind != "ok":
-                    failures.append((r, kind, detail))
+            drain()
             alive = [p for p in procs if p.is_alive()]
             for r, p in enumerate(procs):
                 if not p.is_alive() and p.exitcode and r not in reports and all(f[0] != r for f in failures):
@@ -510,11 +508,7 @@ def launch(fn: Callable[[Any, str], Any], cfg, out_dir: str, n: int, grace: floa
             time.sleep(0.05)
         for p in procs:
             p.join()
-        while not queue.empty():
-            kind, r, detail = queue.get()
-            reports[r] = (kind, detail)
-            if kind != "ok":
-                failures.append((r, kind, detail))
+        drain()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -537,7 +531,7 @@ def _raise_failure(failures: list[tuple[int, str, Any]], n: int):
     r, kind, detail = min(failures, key=lambda f: order[f[1]])  # min is stable: the first seen of a kind
     if kind == "interrupted":
         signum, path = detail
-        raise Interrupted(signum, None if path is None else __import__("pathlib").Path(path))
+        raise Interrupted(signum, None if path is None else Path(path))
     if kind == "user_error":
         raise UserError(detail)
     if kind == "died":

@@ -566,10 +566,15 @@ class Evaluator:
         if not self.names:
             return {}
         scores = self.evaluate(net)
+        self.report(scores, step, tb)
+        return scores
+
+    @staticmethod
+    def report(scores: Mapping[str, float], step: int, tb) -> None:
+        """``Metrics/<name>`` scalars at ``step`` and one log line."""
         tb.scalars({f"Metrics/{k}": v for k, v in scores.items()}, step)
         tb.flush()
         log.info("step %d: %s", step, "  ".join(f"{k}={v:.4g}" for k, v in scores.items()))
-        return scores
 
     @property
     def primary_value(self) -> float | None:

@@ -35,15 +35,14 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def curves_figure(fake: torch.Tensor, real: torch.Tensor, x: torch.Tensor | None = None, n: int = 16):
-    """Generated curves (red) over real ones (grey), as a matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Generated curves (red) over real ones (grey), as a matplotlib figure (not registered with pyplot: no
+    global backend switch, and nothing left open when summaries are off)."""
+    from matplotlib.figure import Figure
 
     fake, real = fake[:n].float().cpu(), real[:n].float().cpu()
     x = torch.linspace(-1, 1, fake.shape[1]) if x is None else x.cpu()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
+    fig = Figure(figsize=(6, 4), dpi=80)
+    ax = fig.add_subplot()
     for y in real:
         ax.plot(x, y, color="0.7", lw=1)
     for y in fake:
