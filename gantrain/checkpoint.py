@@ -13,8 +13,9 @@ import pickle
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -56,28 +57,42 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
 
     A crash at any moment leaves either the old file or the new one, never a half-written one.
     """
-    path = Path(path)
+    _write_atomically(Path(path), lambda f: torch.save(obj, f),
+                      lambda: sum(t.numel() * t.element_size() for t in _tensors(obj)))
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callable[[], int]) -> None:
+    """``write`` into a temp file beside ``path``, fsync, rename over ``path``; ``size()``: the bytes it
+    needs, for the disk-full sentence."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_name(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            need = sum(t.numel() * t.element_size() for t in _tensors(obj)) / 2**20
-            free = shutil.disk_usage(path.parent).free / 2**20
+            need, free = size() / 2**20, shutil.disk_usage(path.parent).free / 2**20
             raise UserError(f"the disk is full: writing {path} needs about {need:.0f} MiB and {free:.0f} MiB "
                             f"are free; free some space and resume (the previous checkpoint is intact).") from e
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise UserError(f"cannot write {path}: the run directory is not writable; "
                             "choose another with hydra.run.dir=PATH.") from e
         raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
     except OSError:
@@ -122,10 +137,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def save_periodic(obj: dict[str, Any], ckpt_dir: Path, step: int, keep: int) -> Path:
-    """``step_XXXXXXX.pt``, keeping the newest ``keep`` of them (``last.pt`` is handled by the caller)."""
+def save_periodic(last: Path, step: int, keep: int) -> Path:
+    """``step_XXXXXXX.pt`` beside the just-written ``last`` (last.pt), keeping the newest ``keep`` of them.
+
+    The state is not serialised a second time: the step file is a hard link to ``last`` (a copy where the file
+    system has no links). ``save`` always replaces last.pt by a new file, so the link keeps this step's bytes.
+    """
+    ckpt_dir = last.parent
     path = ckpt_dir / f"step_{step:07d}.pt"
-    save(obj, path)
+    tmp = _temp_name(path)
+    try:
+        os.link(last, tmp)
+        os.replace(tmp, path)
+        _fsync_dir(ckpt_dir)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(last, "rb") as src:
+            _write_atomically(path, lambda f: shutil.copyfileobj(src, f), lambda: last.stat().st_size)
     periodic = sorted(p for p in ckpt_dir.iterdir() if _PERIODIC.match(p.name))
     for old in periodic[: max(0, len(periodic) - keep)]:
         old.unlink(missing_ok=True)

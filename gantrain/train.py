@@ -302,6 +302,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
 
     ckpt_dir = out_dir / "checkpoints"
     last_saved: Path | None = resume_from
+    saved_step = start if resume_from is not None else None  # the step the newest checkpoint holds (all ranks)
     if main_proc:
         checkpoint.remove_stale_temps(ckpt_dir)  # left by a run killed while writing
 
@@ -310,7 +311,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
                 else "no checkpoint had been written yet (save more often with ckpt.every_n_steps)")
 
     def save(step: int, periodic: bool) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, saved_step
+        saved_step = step
         rng = distributed.gather_object(checkpoint.rng_state())  # every rank's RNG streams, on rank 0
         if not main_proc:
             return
@@ -325,7 +327,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
         checkpoint.save(obj, ckpt_dir / "last.pt")
         last_saved = ckpt_dir / "last.pt"
         if periodic:
-            checkpoint.save_periodic(obj, ckpt_dir, step, cfg.ckpt.keep)
+            checkpoint.save_periodic(last_saved, step, cfg.ckpt.keep)
 
     # ---- logging (rank 0 only)
     tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
@@ -423,7 +425,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
                     distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
                 if step % cfg.ckpt.every_n_steps == 0:
                     save(step, periodic=True)
-            if step > start or last_saved is None:
+            if saved_step != step:  # not saved at this step already (by the periodic save)
                 save(step, periodic=False)
             if evaluator and not evaluator.last and not stop:  # resumed at max_steps: evaluate once
                 distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)

@@ -139,6 +139,24 @@ def test_atomic_save_leaves_no_temp_files_and_cleans_stale_ones(tmp_path):
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.pt", "step_0000003.pt", "step_0000004.pt"]
 
 
+@pytest.mark.parametrize("links", [True, False])
+def test_periodic_checkpoint_is_last_pt_of_its_step_without_a_second_serialisation(tmp_path, monkeypatch, links):
+    """step_N.pt holds exactly what last.pt held at step N (a hard link, or a copy where links fail), and keeps
+    it when last.pt is replaced later; the state is serialised once per save."""
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: saves.append(1) or real_save(obj, f, *a, **k))
+    if not links:
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no links here")))
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    run(tmp_path / "run", *GAN_SINE, "trainer.max_steps=4", "ckpt.every_n_steps=2")
+    assert len(saves) == 2  # steps 2 and 4: last.pt only (the final save at step 4 is the periodic one)
+    step2, step4, last = (ckpt_dir / n for n in ("step_0000002.pt", "step_0000004.pt", "last.pt"))
+    assert step4.read_bytes() == last.read_bytes()
+    assert checkpoint.load(step2)["step"] == 2 and checkpoint.load(last)["step"] == 4
+    assert (step4.stat().st_ino == last.stat().st_ino) == links
+
+
 def test_damaged_checkpoints_give_one_sentence(tmp_path):
     run(tmp_path / "run", *GAN_SINE, "trainer.max_steps=1")
     good = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
