@@ -303,7 +303,7 @@ class SineBackend:
         amplitude, phase, residual = fit_sinusoids(fake, self.x)
         return torch.stack([amplitude, phase, residual], 1)
 
-    def statistics(self, feats: torch.Tensor) -> dict[str, float]:
+    def statistics(self, feats: torch.Tensor, wanted: set[str] | None = None) -> dict[str, float]:
         amp_ks = ks_statistic(feats[:, 0], self.real_amplitude)
         phase_ks = kuiper_statistic(feats[:, 1], self.real_phase)
         return {"sine_residual": float(feats[:, 2].mean()), "sine_amp_ks": amp_ks, "sine_phase_ks": phase_ks,
@@ -331,11 +331,16 @@ class FeatureBackend:
     def features(self, fake: torch.Tensor) -> torch.Tensor:
         return _batched(self.extractor, fake, self.batch_size).float()
 
-    def statistics(self, feats: torch.Tensor) -> dict[str, float]:
-        mu, sigma = gaussian_stats(feats)
+    def statistics(self, feats: torch.Tensor, wanted: set[str] | None = None) -> dict[str, float]:
+        """FD and KID, or only those in ``wanted`` (KID's subsets cost seconds on a CPU)."""
         fd_name, kid_name = self.names
-        return {fd_name: frechet_distance(mu, sigma, self.mu, self.sigma),
-                kid_name: kernel_distance(self.real_features, feats, self.kid_subsets, self.kid_subset_size)}
+        out = {}
+        if wanted is None or fd_name in wanted:
+            mu, sigma = gaussian_stats(feats)
+            out[fd_name] = frechet_distance(mu, sigma, self.mu, self.sigma)
+        if wanted is None or kid_name in wanted:
+            out[kid_name] = kernel_distance(self.real_features, feats, self.kid_subsets, self.kid_subset_size)
+        return out
 
 
 class ClassifierBackend:
@@ -370,7 +375,7 @@ class ClassifierBackend:
             return torch.cat([f, self.net.head(f).argmax(1, keepdim=True).float()], 1)
         return _batched(one, fake, self.batch_size)
 
-    def statistics(self, feats: torch.Tensor) -> dict[str, float]:
+    def statistics(self, feats: torch.Tensor, wanted: set[str] | None = None) -> dict[str, float]:
         mu, sigma = gaussian_stats(feats[:, :-1])
         return {"classifier_fd": frechet_distance(mu, sigma, self.mu, self.sigma),
                 "class_coverage": class_coverage(feats[:, -1], self.num_classes)}
@@ -551,7 +556,7 @@ class Evaluator:
     def statistics(self, feats: Mapping[str, torch.Tensor]) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, backend in self.backends.items():
-            out.update(backend.statistics(feats[name].cpu()))
+            out.update(backend.statistics(feats[name].cpu(), set(self.names)))  # cheap ones compute all
         return {n: out[n] for n in self.names}
 
     def score(self, fake: torch.Tensor) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import urllib.error
 from pathlib import Path
@@ -211,6 +212,18 @@ def test_fallback_without_inception_says_so_and_carries_on(tmp_path, data_cfg, f
     assert len(warnings) == 1 and "no network" in warnings[0] and "rand_fd" in warnings[0]
     assert ev.names == ["rand_fd", "rand_kid"] and ev.primary == "rand_fd"
     rank_images(ev, data, "rand_fd", "rand_kid")
+
+
+def test_only_the_metrics_asked_for_are_computed(tmp_path, data_cfg, faces, monkeypatch):
+    """names=[rand_fd]: KID's subset estimates (seconds per evaluation on a CPU) are not computed at all."""
+    monkeypatch.setattr(metrics, "load_inception", lambda device: (_ for _ in ()).throw(
+        MetricUnavailable("the Inception weights for FID/KID are not available (no network)")))
+    cfg_data = data_cfg("folder", root=str(faces), resolution=16)
+    data = build_dataset(cfg_data, device=CPU, progress=False)
+    ev = build_evaluator(mcfg(tmp_path, num_samples=HALF, names=["rand_fd"]), data, cfg_data, CPU)
+    monkeypatch.setattr(metrics, "kernel_distance", lambda *a, **k: pytest.fail("KID computed but not asked for"))
+    scores = ev.score(data.real_samples(HALF))
+    assert list(scores) == ["rand_fd"] and math.isfinite(scores["rand_fd"])
 
 
 def test_required_inception_offline_stops_before_training(tmp_path, image_folder, monkeypatch):
