@@ -382,23 +382,15 @@ class ClassifierBackend:
 
 
 def load_labelled(cfg_data, name: str, resolution: int):
-    """MNIST-like train and test images (float [-1, 1], (N, 1, R, R)) and labels, via torchvision."""
-    from torchvision import datasets
+    """MNIST-like train and test images (float [-1, 1], (N, 1, R, R)) and labels, read (and checked) by the
+    data stage's loader."""
+    from gantrain.data.base import uint8_to_float
+    from gantrain.data.images import fit_resolution, load_mnist_like
 
-    from gantrain.data.images import fit_resolution
-
-    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
-    root = os.path.expanduser(str(cfg_data.root))
     out = []
-    for train in (True, False):
-        try:
-            ds = cls(root, train=train, download=False)
-        except Exception as e:
-            raise UserError(f"the {name} classifier for metrics needs the labelled {name} train and test "
-                            f"files under {root} ({e}); add data.download=true or turn metrics off "
-                            "(metrics=off).") from e
-        x = fit_resolution(ds.data.unsqueeze(1), resolution)
-        out += [x.float().div_(127.5).sub_(1.0), ds.targets.long()]
+    for split in ("train", "test"):
+        x, y = load_mnist_like(cfg_data, name, split=split)
+        out += [uint8_to_float(fit_resolution(x.unsqueeze(1), resolution)), y]
     return tuple(out)
 
 

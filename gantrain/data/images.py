@@ -163,14 +163,16 @@ def _check_idx(path: Path, ndim: int) -> tuple[str | None, tuple[int, ...]]:
     return None, dims
 
 
-def load_mnist_like(cfg_data, name: str) -> torch.Tensor:
-    """The split's images as a uint8 (N, 28, 28) tensor, via torchvision; UserError when absent or corrupt."""
+def load_mnist_like(cfg_data, name: str, split: str | None = None):
+    """The split's images as a uint8 (N, 28, 28) tensor, via torchvision; UserError when absent or corrupt.
+    With ``split`` given (the metrics' classifier): (images, int64 labels) of that split."""
     from torchvision import datasets
 
     cls, title = {"mnist": (datasets.MNIST, "MNIST"),
                   "fashion_mnist": (datasets.FashionMNIST, "Fashion-MNIST")}[name]
     root = _root(cfg_data)
-    split = str(_cfg(cfg_data, "split", "train"))
+    with_labels = split is not None
+    split = split or str(_cfg(cfg_data, "split", "train"))
     if split not in ("train", "test"):
         raise UserError(f"data.split={split} is unknown for {title}: choose train or test.")
     train = split == "train"
@@ -213,7 +215,7 @@ def load_mnist_like(cfg_data, name: str) -> torch.Tensor:
     if data.dtype != torch.uint8 or data.ndim != 3:
         raise UserError(f"{title} in {raw} has unexpected data ({data.dtype}, {tuple(data.shape)}); "
                         "delete it and download it again (data.download=true).")
-    return data
+    return (data, ds.targets.long()) if with_labels else data
 
 
 def fit_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
