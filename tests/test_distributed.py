@@ -92,6 +92,7 @@ def test_slurm_launcher_config_composes():
 def _one_step(cfg, out_dir):
     """One D step (with R1) and one G step, SGD, on this rank's half of fixed batches; saves the weights."""
     from gantrain.losses import GANLoss
+    from gantrain.steps import Trainee, d_step, g_step
     from gantrain.train import build_network
 
     torch.manual_seed(100 + distributed.rank())  # different inits: prepare_models must make them rank 0's
@@ -106,23 +107,14 @@ def _one_step(cfg, out_dir):
         8, G.z_dim, generator=g)
     r, w = distributed.rank(), distributed.world_size()
     mine = slice(r * 8 // w, (r + 1) * 8 // w)
-    loss = GANLoss(r1_gamma=10.0, r1_interval=1)
-    opt_G, opt_D = torch.optim.SGD(G.parameters(), lr=0.5), torch.optim.SGD(D.parameters(), lr=0.5)
-    D.requires_grad_(True)
-    with torch.no_grad():
-        fake = G_run(z1[mine])
-    loss_D = loss.d_loss(D_learn(real[mine]), D_learn(fake)) + loss.r1(D, real[mine])
-    opt_D.zero_grad(set_to_none=True)
-    loss_D.backward()
-    opt_D.step()
-    D.requires_grad_(False)
-    loss_G = loss.g_loss(D_run(G_learn(z2[mine])))
-    opt_G.zero_grad(set_to_none=True)
-    loss_G.backward()
+    # the training loop's own steps (gantrain/steps.py), with SGD so that a wrong gradient scale would show
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    t = Trainee(D, G_run, D_run, G_learn, D_learn, torch.optim.SGD(G.parameters(), lr=0.5),
+                torch.optim.SGD(D.parameters(), lr=0.5), GANLoss(r1_gamma=10.0, r1_interval=1), off, off)
+    d_step(t, real[mine], z1[mine], d_index=0)  # R1 due
+    loss_G = g_step(t, z2[mine])
+    # the G step must leave D's gradients as the D step left them (D frozen: nothing new accumulated)
     d_grads = [p.grad for p in D.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
-    opt_G.step()
-    D.requires_grad_(True)
-    # the G step must leave D's gradients as the D step left them (set_to_none: nothing new accumulated)
     torch.save({"G": G.state_dict(), "D": D.state_dict(), "d_grad_norm": sum(float(g.norm()) for g in d_grads)},
                Path(out_dir) / f"rank{r}.pt")
     return loss_G.item()
