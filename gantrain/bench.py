@@ -26,7 +26,6 @@ import struct
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +86,11 @@ class Networks:
 
     def __init__(self, cfg, shape, device):
         from gantrain.distributed import training_views
-        from gantrain.losses import GANLoss
-        from gantrain.steps import Trainee
-        from gantrain.train import EMA, autocast_dtype, build_optimizer
+        from gantrain.train import EMA, build_trainee
 
         G = instantiate(cfg.model.generator, shape=shape).to(device)
         D = instantiate(cfg.model.discriminator, shape=shape).to(device)
-        dtype = autocast_dtype(cfg.trainer.precision, device)
-        views = training_views(G, D, device, cfg.trainer.compile)
-        self.t = Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G),
-                         build_optimizer(cfg.optim.discriminator, "discriminator", D), GANLoss(**cfg.loss),
-                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                         (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext,
-                         skipped=torch.zeros(2, device=device))
+        self.t = build_trainee(cfg, G, D, training_views(G, D, device, cfg.trainer.compile), device)
         self.G, self.device, self.z_dim, self.d_index = G, device, G.z_dim, 0
         self.ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
 

@@ -147,6 +147,19 @@ def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module,
                         f"fix the setting in optim.{name}.") from e
 
 
+def build_trainee(cfg: DictConfig, G: torch.nn.Module, D: torch.nn.Module, views: tuple[torch.nn.Module, ...],
+                  device: torch.device) -> Trainee:
+    """What the D and G steps act on: ``views`` (G_run, D_run, G_learn, D_learn) of G and D, their optimisers,
+    the loss, fp16 gradient scalers and autocast as ``trainer.precision`` says (the loop and the benchmark)."""
+    amp_dtype = autocast_dtype(cfg.trainer.precision, device)
+    fp16 = amp_dtype == torch.float16
+    return Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G),
+                   build_optimizer(cfg.optim.discriminator, "discriminator", D), GANLoss(**cfg.loss),
+                   torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16),
+                   (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext,
+                   skipped=torch.zeros(2, device=device))  # fp16 steps skipped (G, D) since the last log
+
+
 class EMA:
     """Generator EMA (torch.optim.swa_utils.AveragedModel) with a half-life in images and a ramp-up.
 
@@ -251,14 +264,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     evaluator = distributed.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
 
     # ---- loss and optimisers
-    loss = GANLoss(**cfg.loss)
-    opt_G = build_optimizer(cfg.optim.generator, "generator", G)
-    opt_D = build_optimizer(cfg.optim.discriminator, "discriminator", D)
-    scaler_G = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    scaler_D = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    nets = Trainee(D, G_run, D_run, G_learn, D_learn, opt_G, opt_D, loss, scaler_G, scaler_D, autocast,
-                   skipped=torch.zeros(2, device=device))  # fp16 steps skipped (G, D) since the last log
+    nets = build_trainee(cfg, G, D, (G_run, D_run, G_learn, D_learn), device)
+    opt_G, opt_D, scaler_G, scaler_D = nets.opt_G, nets.opt_D, nets.scaler_G, nets.scaler_D
     z_dim = G.z_dim
     grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(cfg.seed))
 
