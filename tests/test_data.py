@@ -468,3 +468,29 @@ def test_streaming_mnist_from_host_memory(data_cfg, mnist_root):
     stream.close()
     with pytest.raises(RuntimeError):
         stream.batch(0, 16)
+
+
+def test_streaming_reads_the_next_batch_ahead_on_its_own_thread(data_cfg, image_folder, monkeypatch):
+    """Sequential steps are read by the prefetch thread, one step ahead; only the first step and a jump are
+    read on the caller's thread."""
+    import threading
+
+    reads: list[tuple[int, str]] = []
+    real_read_step = StreamingImageDataset._read_step
+
+    def spy(self, step, batch_size):
+        reads.append((step, threading.current_thread().name))
+        return real_read_step(self, step, batch_size)
+
+    monkeypatch.setattr(StreamingImageDataset, "_read_step", spy)
+    stream = build(folder_cfg(data_cfg, image_folder, max_device_bytes=1), seed=5)
+    try:
+        for step in [0, 1, 2, 3, 7, 8]:
+            stream.batch(step, 4)
+        stream._pending[1].result()                                # the last prefetch (step 9) has finished
+    finally:
+        stream.close()
+    caller = threading.current_thread().name
+    on_caller = sorted(s for s, name in reads if name == caller)
+    ahead = sorted(s for s, name in reads if name.startswith("gantrain-data"))
+    assert on_caller == [0, 7] and ahead == [1, 2, 3, 4, 8, 9]
