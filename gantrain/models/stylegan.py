@@ -150,6 +150,8 @@ class Generator(nn.Module):
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
         self.num_ws = 2 * log2 - 2
+        # the first ws index each block reads (a block's toRGB style is the next block's first)
+        self.ws_starts = [sum(b.num_ws - 1 for b in blocks[:i]) for i in range(len(blocks))]
 
     # -- mapping ----------------------------------------------------------------------------
     def _map(self, z: torch.Tensor) -> torch.Tensor:
@@ -201,10 +203,8 @@ class Generator(nn.Module):
         if ws.ndim != 3 or ws.shape[1] != self.num_ws:
             raise ValueError(f"ws must have shape (N, {self.num_ws}, {self.w_dim}); got {tuple(ws.shape)}")
         x = img = None
-        idx = 0
-        for block in self.blocks:
-            x, img = block(x, img, ws[:, idx:idx + block.num_ws], noise_mode)
-            idx += block.num_ws - 1
+        for block, start in zip(self.blocks, self.ws_starts):
+            x, img = block(x, img, ws[:, start:start + block.num_ws], noise_mode)
         return img
 
     def forward(self, z: torch.Tensor, psi: float = 1.0, truncation_cutoff: int | None = None,
@@ -216,11 +216,10 @@ class Generator(nn.Module):
 
     def style_layers(self):
         """The modulated convolutions in the order of the ws they read: (ws index, module)."""
-        out, idx = [], 0
-        for block in self.blocks:
+        out = []
+        for block, start in zip(self.blocks, self.ws_starts):
             layers = [block.conv1, block.torgb] if block.is_first else [block.conv0, block.conv1, block.torgb]
-            out.extend((idx + k, layer.conv) for k, layer in enumerate(layers))
-            idx += block.num_ws - 1
+            out.extend((start + k, layer.conv) for k, layer in enumerate(layers))
         return out
 
 
