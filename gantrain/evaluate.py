@@ -52,9 +52,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"-n {args.num_samples} is too few: the metrics need at least 2 samples.")
     device = select_device(args.device)
     path = Path(args.checkpoint).expanduser()
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist.")
-    ckpt = checkpoint.load(path, map_location="cpu")
+    ckpt = checkpoint.load(path, map_location="cpu")  # missing, a folder, damaged: one sentence each
     config = ckpt.get("config") or {}
     try:
         cfg_data = OmegaConf.merge(OmegaConf.structured(DataConfig), config["data"])
@@ -73,12 +71,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         mcfg.num_samples = args.num_samples
     if args.cache_dir:
         mcfg.cache_dir = args.cache_dir
-    if isinstance(mcfg.cache_dir, str) and mcfg.cache_dir.startswith("${"):
-        mcfg.cache_dir = None
     mcfg.required = bool(args.required or mcfg.required)
 
+    G, is_ema = load_generator(ckpt, device)  # checks the config and data_shape it needs
     shape = tuple(int(s) for s in ckpt["data_shape"])
-    G, is_ema = load_generator(ckpt, device)
     data = build_dataset(cfg_data, device=device, seed=0, resolution=shape[-1] if len(shape) == 3 else None,
                          progress=True)
     try:
