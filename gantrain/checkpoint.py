@@ -57,13 +57,13 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
 
     A crash at any moment leaves either the old file or the new one, never a half-written one.
     """
-    _write_atomically(Path(path), lambda f: torch.save(obj, f),
+    write_atomically(Path(path), lambda f: torch.save(obj, f),
                       lambda: sum(t.numel() * t.element_size() for t in _tensors(obj)))
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callable[[], int]) -> None:
-    """``write`` into a temp file beside ``path``, fsync, rename over ``path``; ``size()``: the bytes it
-    needs, for the disk-full sentence."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callable[[], int]) -> None:
+    """``write`` into a temp file beside ``path``, fsync, rename over ``path`` (checkpoints, metric caches,
+    gantrain-eval's JSON); ``size()``: the bytes it needs, for the disk-full sentence."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
@@ -77,7 +77,7 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Calla
         if e.errno == errno.ENOSPC:
             need, free = size() / 2**20, shutil.disk_usage(path.parent).free / 2**20
             raise UserError(f"the disk is full: writing {path} needs about {need:.0f} MiB and {free:.0f} MiB "
-                            f"are free; free some space and resume (the previous checkpoint is intact).") from e
+                            f"are free; free some space and resume (the previous file is intact).") from e
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise UserError(f"cannot write {path}: the run directory is not writable; "
                             "choose another with hydra.run.dir=PATH.") from e
@@ -153,7 +153,7 @@ def save_periodic(last: Path, step: int, keep: int) -> Path:
     except OSError:
         tmp.unlink(missing_ok=True)
         with open(last, "rb") as src:
-            _write_atomically(path, lambda f: shutil.copyfileobj(src, f), lambda: last.stat().st_size)
+            write_atomically(path, lambda f: shutil.copyfileobj(src, f), lambda: last.stat().st_size)
     periodic = sorted(p for p in ckpt_dir.iterdir() if _PERIODIC.match(p.name))
     for old in periodic[: max(0, len(periodic) - keep)]:
         old.unlink(missing_ok=True)

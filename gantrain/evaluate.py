@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from gantrain import checkpoint
 from gantrain.config import UserError
 
 
@@ -41,7 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from gantrain import checkpoint
     from gantrain.config import DataConfig, MetricsConfig
     from gantrain.data import build_dataset
     from gantrain.generate import load_generator
@@ -105,13 +103,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], out: str) -> None:
-    out_path = Path(out).expanduser()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, out_path)
+    text = (json.dumps(result, indent=2) + "\n").encode()
+    checkpoint.write_atomically(Path(out).expanduser(), lambda f: f.write(text), lambda: len(text))
 
 
 def main(argv: list[str] | None = None) -> None:

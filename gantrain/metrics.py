@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gantrain import checkpoint
 from gantrain.config import UserError
 from gantrain.models import sample
 
@@ -169,14 +169,7 @@ class Cache:
                 except Exception as e:  # noqa: BLE001 - a truncated or foreign file: compute it again
                     log.warning("metrics cache %s is unreadable (%s); recomputing it", path, e)
             entry = compute()
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save(entry, f)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            checkpoint.save(entry, path)  # atomic: other jobs never read half a file
             return entry, False
 
 
