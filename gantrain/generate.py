@@ -212,7 +212,9 @@ def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool)
         nrow = max(1, math.ceil(math.sqrt(n)))
         tiles = None
         done = 0
-        for b in batches:   # the canvas is the output itself; batches go straight into it
+        # make_grid's layout (padding 2), tiled by hand so that batches go straight into the uint8 canvas and
+        # never all exist as float tensors at once
+        for b in batches:
             imgs = to_uint8(b)
             if tiles is None:
                 h, w, c = imgs.shape[1:]
@@ -220,7 +222,8 @@ def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool)
                 tiles = np.zeros((pad + rows * (h + pad), pad + nrow * (w + pad), c), dtype=np.uint8)
             for img in imgs:
                 r, col = divmod(done, nrow)
-                tiles[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = img
+                top, left = pad + r * (h + pad), pad + col * (w + pad)
+                tiles[top:top + h, left:left + w] = img
                 done += 1
         _pil(tiles).save(tmp, format="PNG")
     os.replace(tmp, out)

@@ -27,8 +27,6 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 @pytest.fixture(autouse=True, scope="session")
 def _metrics_cache(tmp_path_factory):
     """Metric caches (classifier, real-data statistics) in a temp dir, never the user's ~/.cache."""
-    import os
-
     old = os.environ.get("GANTRAIN_METRICS_CACHE")
     os.environ["GANTRAIN_METRICS_CACHE"] = str(tmp_path_factory.mktemp("metrics-cache"))
     yield

@@ -214,7 +214,7 @@ def test_mnist_label_count_mismatch_user_error(data_cfg, mnist_root):
 # ----------------------------------------------------------------------------- folder / CelebA
 
 
-def folder_cfg(data_cfg, root, tmp_path=None, **kw):
+def folder_cfg(data_cfg, root, **kw):
     kw.setdefault("resolution", 16)
     kw.setdefault("decode_workers", 1)
     return data_cfg("folder", root=str(root), **kw)

@@ -14,6 +14,7 @@ import logging
 import torch
 
 from gantrain.config import UserError
+from gantrain.data import images
 from gantrain.data.base import Dataset, TensorDataset
 from gantrain.data.images import StreamingImageDataset
 from gantrain.data.sine import SineDataset
@@ -34,8 +35,6 @@ def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 
     celeba/folder it overrides ``data.resolution``. Ignored for sine curves.
     ``progress``: show a progress bar while decoding images (pass ``rank == 0``).
     """
-    from gantrain.data import images
-
     name = cfg_data.name
     device = torch.device(device)
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size)
