@@ -30,6 +30,7 @@ gradient all-reduce, which NCCL runs on the GPU's own stream).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import traceback
@@ -67,13 +68,22 @@ class Read:
         return run_device.type == "cpu" and not self.where.startswith(HOST_COUNTERS)
 
 
+_PROJECT = Path(__file__).resolve().parent.parent  # the folder holding the gantrain package (a checkout's root)
+_LIBRARIES = Path(torch.__file__).resolve().parent.parent  # the folder holding torch (site-packages)
+
+
+@functools.lru_cache(maxsize=None)
 def _short(filename: str) -> str:
-    path = Path(filename).as_posix()
-    for anchor in ("site-packages/", "/gantrain/", "/tests/"):
-        if anchor in path:
-            rest = path.split(anchor, 1)[1]
-            return rest if anchor == "site-packages/" else anchor.strip("/") + "/" + rest
-    return path
+    """A location named from the project's root (``gantrain/train.py``, ``tests/...``) or from the libraries'
+    folder (``torch/optim/adam.py``), whatever the folders above them are called; other files in full."""
+    if not Path(filename).is_absolute():  # "<string>", "<frozen ...>"
+        return filename
+    path = Path(filename).resolve()
+    # the innermost root first: a virtualenv inside the checkout (.venv/lib/.../site-packages) is the libraries'
+    for root in sorted((_PROJECT, _LIBRARIES), key=lambda r: len(r.parts), reverse=True):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.as_posix()
 
 
 def _origin() -> str:

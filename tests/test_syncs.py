@@ -6,6 +6,9 @@ docstring); on a CPU the check is what would wait on a GPU.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -112,3 +115,25 @@ def test_blocking_cuda_calls_are_counted_in_the_phase_they_fall_in():
     recorder.profiler_syncs = counts
     text, waited = syncs.report(recorder, torch.device("cuda"), 2)
     assert waited and "1 in training steps, 2 in periodic parts, 1 in setup" in text
+
+
+def test_locations_are_named_from_the_project_root_whatever_its_folder_is_called(tmp_path):
+    """`git clone URL` makes a folder named gantrain: ~/src/gantrain/gantrain/train.py is gantrain/train.py,
+    torch's files are torch/..., and a file outside both keeps its full path (no cutting at "/gantrain/")."""
+    import shutil
+    import subprocess
+    import sys
+
+    clone = tmp_path / "src" / "gantrain"
+    shutil.copytree(Path(syncs.__file__).parent, clone / "gantrain", ignore=shutil.ignore_patterns("__pycache__"))
+    (clone / "tests").mkdir()
+    elsewhere = tmp_path / "gantrain" / "notes.py"
+    code = ("import sys, torch.optim; from gantrain import syncs; print(syncs.__file__); "
+            "print(*(syncs._short(f) for f in sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, str(clone / "gantrain" / "train.py"),
+                          str(clone / "tests" / "test_x.py"), str(Path(torch.optim.__file__).parent / "adam.py"), str(elsewhere)],
+                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(clone)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, shorts = out.stdout.splitlines()
+    assert Path(module).is_relative_to(clone)  # the copy in the folder named gantrain was the one imported
+    assert shorts.split() == ["gantrain/train.py", "tests/test_x.py", "torch/optim/adam.py", elsewhere.as_posix()]
