@@ -91,6 +91,9 @@ class MetricsConfig:
     classifier_steps: int = 300
     kid_subsets: int = 50
     kid_subset_size: int = 1000
+    prdc: bool = False                  # true: also precision, recall, density, coverage (gantrain/prdc.py)
+    prdc_features: str = "auto"         # their feature space: auto, curve, classifier, inception, randcnn
+    prdc_k: int = 3                     # k of the k-th nearest neighbour radii
 
 
 @dataclass
@@ -176,7 +179,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"trainer.precision={cfg.trainer.precision} is unknown: choose 32, bf16 or 16.")
     if cfg.loss.name in ("hinge", "least_squares") and (cfg.loss.label_smoothing or cfg.loss.label_noise):
         raise UserError(f"label smoothing and label noise apply to the BCE losses only, not loss={cfg.loss.name}.")
-    for key in ("metrics.every_n_steps", "metrics.batch_size", "metrics.classifier_steps", "metrics.kid_subsets"):
+    for key in ("metrics.every_n_steps", "metrics.batch_size", "metrics.classifier_steps", "metrics.kid_subsets", "metrics.prdc_k"):
         _positive(cfg, key)
     for key in ("metrics.num_samples", "metrics.kid_subset_size"):
         value = OmegaConf.select(cfg, key)

@@ -27,12 +27,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics", default=None,
                    help="comma-separated metric names (default: the run's metrics.names or the data set's defaults); "
                         "known: sine_residual, sine_amp_ks, sine_phase_ks, sine_ks, classifier_fd, class_coverage, "
-                        "fid, kid, rand_fd, rand_kid")
+                        "fid, kid, rand_fd, rand_kid, precision, recall, density, coverage, is")
+    p.add_argument("--prdc", action="store_true",
+                   help="also precision, recall, density and coverage (in --prdc-features' space)")
+    p.add_argument("--prdc-features", default=None, help="auto, curve, classifier, inception or randcnn "
+                   "(default: the run's metrics.prdc_features)")
     p.add_argument("-n", "--num-samples", type=int, default=None, help="generated samples (default: the run's)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:K")
     p.add_argument("--data-root", default=None, help="where the data set is now (default: the run's data.root)")
     p.add_argument("--cache-dir", default=None, help="metrics cache (default: the run's, else ~/.cache/gantrain/metrics)")
+    p.add_argument("--protocol", action="store_true",
+                   help="also print what the numbers mean: feature extractor, resizing, sample counts")
     p.add_argument("--required", action="store_true", help="fail when a metric (FID/KID) cannot be computed")
     return p.parse_args(argv)
 
@@ -44,6 +50,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from gantrain.data import build_dataset
     from gantrain.generate import load_generator
     from gantrain.metrics import HIGHER_IS_BETTER, build_evaluator
+    from gantrain.protocol import describe
     from gantrain.train import select_device
 
     if args.num_samples is not None and args.num_samples < 2:
@@ -65,6 +72,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         mcfg.names = [m.strip() for m in args.metrics.split(",") if m.strip()]
         if mcfg.primary not in mcfg.names:
             mcfg.primary = None
+    if args.prdc:
+        mcfg.prdc = True
+    if args.prdc_features:
+        mcfg.prdc_features = args.prdc_features
     if args.num_samples:
         mcfg.num_samples = args.num_samples
     if args.cache_dir:
@@ -81,13 +92,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                             f"{shape}: point --data-root at the run's data.")
         evaluator = build_evaluator(mcfg, data, cfg_data, device)
         scores = evaluator.evaluate(G)
+        protocol = describe(evaluator, data, "EMA" if is_ema else "raw (no EMA in the checkpoint)")
     finally:
         data.close()
     return {
         "checkpoint": str(path), "step": int(ckpt.get("step", 0)), "model": ckpt.get("model"),
         "data": ckpt.get("data"), "generator": "ema" if is_ema else "G", "num_samples": evaluator.num_samples,
         "primary": evaluator.primary, "metrics": scores,
-        "higher_is_better": sorted(n for n in scores if n in HIGHER_IS_BETTER),
+        "higher_is_better": sorted(n for n in scores if n in HIGHER_IS_BETTER), "protocol": protocol,
     }
 
 
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = evaluate(args)
         print(table(result))
+        if args.protocol:
+            print("protocol:\n" + "\n".join(f"  {line}" for line in result["protocol"]))
         if args.json:
             write_json(result, args.json)
     except UserError as e:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gantrain import checkpoint
+from gantrain import checkpoint, prdc
 from gantrain.config import UserError
 from gantrain.models import sample
 
@@ -60,10 +60,12 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "classifier": ("classifier_fd", "class_coverage"),
     "inception": ("fid", "kid"),
     "randcnn": ("rand_fd", "rand_kid"),
+    "prdc": prdc.PRDC_NAMES,       # in a feature space of the above (gantrain/prdc.py)
+    "is": ("is",),
 }
 BACKEND_OF = {name: backend for backend, names in BACKENDS.items() for name in names}
-HIGHER_IS_BETTER = frozenset({"class_coverage"})
-MNIST_LIKE = ("mnist", "fashion_mnist")
+HIGHER_IS_BETTER = frozenset({"class_coverage", *prdc.PRDC_NAMES, "is"})
+MNIST_LIKE = prdc.MNIST_LIKE
 CLASSIFIER_VERSION = 2
 RANDCNN_VERSION = 2
 
@@ -190,14 +192,14 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 class InceptionFeatures:
-    """torchmetrics' Inception-v3 (torch-fidelity's FID weights), 2048-d pool features of uint8 images."""
+    """torchmetrics' Inception-v3 (torch-fidelity's FID weights), 2048-d pool features of uint8 images (or
+    another of its outputs, e.g. ``logits_unbiased`` for the Inception Score)."""
 
-    key = "inception2048"
-
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, feature: str = "2048"):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).to(device)
+        self.key = f"inception{feature}"
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[feature]).to(device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,7 +209,7 @@ class InceptionFeatures:
 _INCEPTION_ERROR: str | None = None
 
 
-def load_inception(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_inception(device: torch.device, feature: str = "2048") -> Callable[[torch.Tensor], torch.Tensor]:
     """The Inception feature extractor, or :class:`MetricUnavailable` (missing package, no network).
 
     A failure is remembered for the process, so a sweep without network tries once."""
@@ -217,7 +219,7 @@ def load_inception(device: torch.device) -> Callable[[torch.Tensor], torch.Tenso
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)      # the weights' download must not hang a run on a black-holed network
     try:
-        return InceptionFeatures(device)
+        return InceptionFeatures(device, feature)
     except Exception as e:            # ModuleNotFoundError, URLError, HTTPError, a corrupt download ...
         reason = str(getattr(e, "reason", None) or e).strip() or type(e).__name__
         _INCEPTION_ERROR = (f"the Inception weights for FID/KID are not available ({type(e).__name__}: "
@@ -439,6 +441,7 @@ class Evaluator:
         self.num_samples = int(mcfg.num_samples or (1024 if curve else 2048))
         self.batch_size = int(mcfg.batch_size)
         names = list(mcfg.names) if mcfg.names else default_names(data)
+        names += [n for n in prdc.PRDC_NAMES if mcfg.prdc and n not in names]
         self._check_names(names, data, mcfg)
         explicit_names = bool(mcfg.names)
 
@@ -478,6 +481,23 @@ class Evaluator:
                     continue
                 self.backends[backend] = FeatureBackend("inception", extractor, real, cache, key, mcfg,
                                                         self.batch_size)
+            elif backend == "prdc":
+                space = prdc.resolve_space(mcfg.prdc_features, data)
+                base = None if space == "curve" else self._base(space, data, cfg_data, real, cache, key, mcfg)
+                if base is None and space == "inception":  # the weights cannot be fetched: the random CNN's
+                    space, base = "randcnn", self._base("randcnn", data, cfg_data, real, cache, key, mcfg)
+                self.backends[backend] = prdc.PRDCBackend(space, base, real, int(mcfg.prdc_k), self.device)
+                log.info("metrics: %s in the %s feature space", "/".join(prdc.PRDC_NAMES), space)
+            elif backend == "is":
+                try:
+                    self.backends[backend] = prdc.InceptionScoreBackend(
+                        load_inception(self.device, "logits_unbiased"), self.batch_size)
+                except MetricUnavailable as e:
+                    if mcfg.required:
+                        raise UserError(f"metrics.required=true but {e}: connect to the network once, or drop "
+                                        "is from metrics.names.") from None
+                    log.warning("metrics: %s; carrying on without is.", e)
+                    names.remove("is")
         self.names = names
         primary = mcfg.primary
         if primary and primary not in names:
@@ -493,12 +513,29 @@ class Evaluator:
         log.info("metrics: %s every %d steps on %d samples (primary: %s)", ", ".join(names) or "none",
                  self.every_n_steps, self.num_samples, self.primary)
 
+    def _base(self, kind: str, data, cfg_data, real, cache: Cache, key: str, mcfg):
+        """The backend of ``kind`` whose features PRDC uses: the one computed anyway, else a new one (None when
+        the Inception weights cannot be fetched)."""
+        if kind in self.backends:
+            return self.backends[kind]
+        if kind == "classifier":
+            return ClassifierBackend(data, cfg_data, real, cache, key, mcfg, self.device, self.batch_size)
+        try:
+            extractor = (RandomCNNFeatures(data.shape[0]).to(self.device) if kind == "randcnn"
+                         else load_inception(self.device))
+        except MetricUnavailable as e:
+            log.warning("metrics: %s; precision/recall/density/coverage use the random CNN's features.", e)
+            return None
+        return FeatureBackend(kind, extractor, real, cache, key, mcfg, self.batch_size)
+
     @staticmethod
     def _check_names(names: list[str], data, mcfg) -> None:
         for n in names:
             if n not in BACKEND_OF:
                 raise UserError(f"metrics.names has an unknown metric {n}: choose from {', '.join(BACKEND_OF)}.")
             backend = BACKEND_OF[n]
+            if backend == "prdc":  # any data: its feature space is checked when it is built
+                continue
             if backend == "sine" and data.kind != "curve":
                 raise UserError(f"metric {n} is for sine curves, not {data.name} images: drop it from metrics.names.")
             if backend != "sine" and data.kind == "curve":
@@ -535,7 +572,11 @@ class Evaluator:
     # ---- stage 2: per-sample features (per rank)
     def features(self, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return {name: backend.features(fake) for name, backend in self.backends.items()}
+            out: dict[str, torch.Tensor] = {}
+            for name, backend in self.backends.items():  # PRDC reuses its feature space's features when computed
+                source = getattr(backend, "source", None)
+                out[name] = backend.from_source(out[source]) if source in out else backend.features(fake)
+            return out
 
     # ---- stage 3: statistics over all samples' features (one rank)
     def statistics(self, feats: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -241,7 +241,7 @@ def test_required_inception_offline_stops_before_training(tmp_path, image_folder
 def test_a_failed_inception_download_is_caught_and_tried_once(monkeypatch):
     calls = []
 
-    def no_network(device):
+    def no_network(device, feature="2048"):
         calls.append(device)
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
