@@ -6,7 +6,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test tensorboard bench lint clean
+.PHONY: install train test tensorboard bench quality lint clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ tensorboard: install                 ## TensorBoard on http://127.0.0.1:6006
 
 bench: install                       ## the performance benchmark (writes docs/BENCHMARKS.md)
 	$(PY) -m gantrain.bench --write $(ARGS)
+
+quality: install                     ## the quality benchmark vs textbook loops (writes docs/QUALITY.md)
+	$(PY) -m gantrain.quality --write $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check gantrain tests
