@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,cluster]'
+	$(PY) -m pip install -q -e '.[dev,cluster,export]'
 	touch $@
 
 train: install                       ## default run: MLP GAN on the built-in sine curves
