@@ -6,7 +6,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test tensorboard bench quality lint clean
+.PHONY: install train test tensorboard bench quality gpu-check lint clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,9 @@ bench: install                       ## the performance benchmark (writes docs/B
 
 quality: install                     ## the quality benchmark vs textbook loops (writes docs/QUALITY.md)
 	$(PY) -m gantrain.quality --write $(ARGS)
+
+gpu-check:                           ## CUDA tests + CUDA bench on a GPU machine (docs/GPU_CHECK.md); GPU_CHECK_DRY=1: dry run
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash tools/gpu_check.sh
 
 lint: install
 	$(VENV)/bin/ruff check gantrain tests

@@ -8,7 +8,8 @@ For each case, on the current device and in one run:
 - ceiling: the same networks, losses, optimisers and generator EMA fed from a tensor already on the device,
   no logging;
 - baseline: the same networks trained by the loop a user would write by hand: a torchvision dataset and
-  a ``DataLoader`` (ToTensor/Normalize per sample, the usual workers), fp32, eager.
+  a ``DataLoader`` (ToTensor/Normalize per sample, the usual workers), fp32, eager (whatever ``--precision``
+  and ``--extra`` say for the loop).
 Images/s counts real images shown to D. Data is written in the real formats (IDX files, a JPEG folder)
 into a temporary directory, unless ``--data-root`` points at real data. ``--write`` puts the table into
 docs/BENCHMARKS.md between the ``bench`` markers.
@@ -90,6 +91,9 @@ class Networks:
 
         G = instantiate(cfg.model.generator, shape=shape).to(device)
         D = instantiate(cfg.model.discriminator, shape=shape).to(device)
+        self.channels_last = bool(cfg.trainer.channels_last) and len(shape) == 3  # as train() does
+        if self.channels_last:
+            G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         self.t = build_trainee(cfg, G, D, training_views(G, D, device, cfg.trainer.compile), device)
         self.G, self.device, self.z_dim, self.d_index = G, device, G.z_dim, 0
         self.ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
@@ -98,6 +102,8 @@ class Networks:
         from gantrain.steps import d_step, g_step
 
         n = real.shape[0]
+        if self.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
         d_step(self.t, real, torch.randn(n, self.z_dim, device=self.device), self.d_index)
         g_step(self.t, torch.randn(n, self.z_dim, device=self.device))
         self.d_index += 1
@@ -155,7 +161,8 @@ def torchvision_loader(cfg, root: Path, device):
 
 
 def measure_baseline(overrides: list[str], root: Path, device, seconds: float) -> float:
-    cfg = compose([*overrides, "trainer.precision=32"])
+    cfg = compose([*overrides, "trainer.precision=32", "trainer.compile=false",  # fp32, eager, as by hand
+                   "trainer.channels_last=false"])
     loader = torchvision_loader(cfg, root, device)
     x0, _ = next(iter(loader))
     nets = Networks(cfg, tuple(x0.shape[1:]), device)
@@ -261,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def render(rows, folder, device, args, argv) -> str:
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    dev = (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+           if device.type == "cuda" else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})")
     mem = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
     lines = [f"Device: {dev}; torch {torch.__version__}, Python {platform.python_version()}, "
              f"precision {args.precision}; {time.strftime('%Y-%m-%d')}.",

@@ -186,7 +186,7 @@ def training_views(G: torch.nn.Module, D: torch.nn.Module, device: torch.device,
     ``trainer.sync_batchnorm=true`` makes them global.
     """
     G_run, D_run = (torch.compile(G), torch.compile(D)) if compile else (G, D)
-    if world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):  # a group of one rank still trains through DDP
         return G_run, D_run, G_run, D_run
     from torch.nn.parallel import DistributedDataParallel as DDP
 

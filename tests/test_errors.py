@@ -383,6 +383,7 @@ def test_fp16_skipped_steps_are_counted_not_failures():
     assert skipped[0] == 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 training needs CUDA")
 def test_fp16_run_logs_skipped_steps_without_syncs(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
