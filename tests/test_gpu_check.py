@@ -27,5 +27,4 @@ def test_gpu_check_dry_run_collects_the_cuda_tests_and_builds_the_commands(tmp_p
 
 
 def test_the_wheels_folder_is_git_ignored():
-    res = subprocess.run(["git", "check-ignore", "-q", ".whl/hydra_core-1.3.8-py3-none-any.whl"], cwd=ROOT)
-    assert res.returncode == 0
+    assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
