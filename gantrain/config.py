@@ -97,6 +97,19 @@ class MetricsConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Differentiable augmentation of every image D sees (gantrain/augment.py)."""
+    name: str = "none"                  # none | diffaug | ada
+    policy: list[str] = field(default_factory=lambda: ["translation", "cutout", "color"])  # diffaug's ops
+    ops: list[str] = field(default_factory=lambda: [
+        "xflip", "rotate90", "translation", "scale", "aniso", "brightness", "contrast", "saturation", "cutout"])
+    p: float | None = None              # ada: a fixed probability; null adapts it from r_t
+    target: float = 0.6                 # ada: the r_t = E[sign D(real)] that p steers towards
+    interval: int = 4                   # ada: D steps between adjustments of p
+    ada_kimg: float = 500               # ada: thousands of images for p to move from 0 to 1
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
@@ -106,6 +119,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     resume: str | None = None
 

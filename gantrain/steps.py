@@ -5,6 +5,10 @@ Used by the training loop and by the benchmark's ceiling, so both time exactly t
 - D step: a real batch labelled real and ``G(z)`` (no gradient into G) labelled fake; lazy R1 on the
   reals when due; only D's weights change.
 - G step: fresh fakes labelled real through the plain, frozen D; only G's weights change.
+
+With ``augment`` (gantrain/augment.py) every image D sees goes through it first: reals and fakes of the D
+step, the G step's fakes, and R1's reals (the gradient is taken w.r.t. the un-augmented reals, as in
+StyleGAN2-ADA). ``d_params``: the D weights that train (all of them, or those FreezeD leaves free).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from gantrain.augment import Augment
 from gantrain.losses import GANLoss
 
 
@@ -54,18 +59,30 @@ class Trainee:
     scaler_D: torch.amp.GradScaler
     autocast: Callable[[], AbstractContextManager] = nullcontext
     skipped: torch.Tensor = field(default_factory=lambda: torch.zeros(2))  # fp16 skips of G, D
+    augment: Augment | None = None
+    d_params: list[nn.Parameter] | None = None  # None: all of D's
+
+
+def _seen(t: Trainee, x: torch.Tensor) -> torch.Tensor:
+    """An image as D sees it: augmented when the run augments."""
+    return x if t.augment is None else t.augment(x)
 
 
 def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
     """One D step; returns (loss_D, D(real), D(fake)) as tensors (nothing is read back). ``loss_D`` is the
     GAN loss without the lazy R1 term, so the logged curve does not jump on the steps R1 is due."""
-    t.D.requires_grad_(True)
+    for p in t.D.parameters() if t.d_params is None else t.d_params:
+        p.requires_grad_(True)
     with t.autocast():
         with torch.no_grad():
             fake = t.G_run(z)
-        d_real, d_fake = t.D_learn(real), t.D_learn(fake)
+        d_real, d_fake = t.D_learn(_seen(t, real)), t.D_learn(_seen(t, fake))
         loss_D = t.loss.d_loss(d_real, d_fake)
-    objective = loss_D + t.loss.r1(t.D, real) if t.loss.r1_due(d_index) else loss_D
+    if t.augment is not None:
+        t.augment.observe(d_real, d_index)
+    objective = loss_D
+    if t.loss.r1_due(d_index):
+        objective = loss_D + t.loss.r1(t.D if t.augment is None else lambda x: t.D(t.augment(x)), real)
     t.opt_D.zero_grad(set_to_none=True)
     t.scaler_D.scale(objective).backward()
     t.scaler_D.step(t.opt_D)
@@ -77,7 +94,7 @@ def g_step(t: Trainee, z: torch.Tensor) -> torch.Tensor:
     """One G step; returns loss_G. D is frozen and called plain: no gradients reach its weights."""
     t.D.requires_grad_(False)
     with t.autocast():
-        loss_G = t.loss.g_loss(t.D_run(t.G_learn(z)))
+        loss_G = t.loss.g_loss(t.D_run(_seen(t, t.G_learn(z))))
     t.opt_G.zero_grad(set_to_none=True)
     t.scaler_G.scale(loss_G).backward()
     t.scaler_G.step(t.opt_G)

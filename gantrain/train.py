@@ -29,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from gantrain import checkpoint, distributed
+from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
 from gantrain.losses import GANLoss
@@ -150,14 +151,18 @@ def build_optimizer(node: DictConfig, name: str, net: torch.nn.Module,
 def build_trainee(cfg: DictConfig, G: torch.nn.Module, D: torch.nn.Module, views: tuple[torch.nn.Module, ...],
                   device: torch.device) -> Trainee:
     """What the D and G steps act on: ``views`` (G_run, D_run, G_learn, D_learn) of G and D, their optimisers,
-    the loss, fp16 gradient scalers and autocast as ``trainer.precision`` says (the loop and the benchmark)."""
+    the loss, fp16 gradient scalers and autocast as ``trainer.precision`` says, and the augmentation
+    (``augment``) of the images D sees (the loop and the benchmark)."""
     amp_dtype = autocast_dtype(cfg.trainer.precision, device)
     fp16 = amp_dtype == torch.float16
+    augment = build_augment(cfg.augment, shape=tuple(G.shape), batch=cfg.data.batch_size,
+                            world=distributed.world_size(), device=device)
     return Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G),
                    build_optimizer(cfg.optim.discriminator, "discriminator", D), GANLoss(**cfg.loss),
                    torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16),
                    (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext,
-                   skipped=torch.zeros(2, device=device))  # fp16 steps skipped (G, D) since the last log
+                   skipped=torch.zeros(2, device=device),  # fp16 steps skipped (G, D) since the last log
+                   augment=augment, d_params=[p for p in D.parameters() if p.requires_grad])
 
 
 class EMA:
@@ -283,6 +288,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
         load_optimizer(opt_D, saved["opt_D"])
         scaler_G.load_state_dict(saved["scaler_G"])
         scaler_D.load_state_dict(saved["scaler_D"])
+        if nets.augment is not None and saved.get("augment") is not None:
+            nets.augment.load_state_dict(saved["augment"])  # ADA's p and its r_t sums
         grid_z = saved["grid_z"].cpu()
         start = saved["step"]
         if len(saved["rng"]) == world or rank == 0:  # every rank's RNG streams were saved
@@ -304,6 +311,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
             "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
             "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
             "grid_z": grid_z.cpu(), "rng": rng,
+            "augment": nets.augment.state_dict() if nets.augment is not None else None,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
@@ -338,7 +346,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
 
     # ---- logging (rank 0 only)
     tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
-    metric_tags = ["Loss/D", "Loss/G", "D/real", "D/fake"]
+    metric_tags = ["Loss/D", "Loss/G", "D/real", "D/fake", "D/rt"]  # D/rt: E[sign D(real)], ADA's heuristic
     tb.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
                metric_tags + (evaluator.tags if evaluator else []))
 
@@ -367,7 +375,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
         tb.flush()
 
     # ---- the loop
-    acc = torch.zeros(4, device=device)  # sums of Loss/D, Loss/G, D/real, D/fake since the last log
+    acc = torch.zeros(5, device=device)  # sums of Loss/D, Loss/G, D/real, D/fake, D/rt since the last log
     acc_n, t_last, step_last = 0, time.perf_counter(), start
     final = {}
     pbar = tqdm(total=cfg.trainer.max_steps, initial=start, disable=not (main_proc and cfg.log.progress_bar),
@@ -394,7 +402,8 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
                     ema.update(G, images_seen=step * batch * world, batch=batch * world)
 
                 acc += torch.stack([loss_D.detach(), loss_G.detach(), torch.sigmoid(d_real.detach().float()).mean(),
-                                    torch.sigmoid(d_fake.detach().float()).mean()])
+                                    torch.sigmoid(d_fake.detach().float()).mean(),
+                                    d_real.detach().float().sign().mean()])
                 acc_n += 1
                 pbar.update(1)
 
@@ -402,7 +411,10 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
                 if on_phase:
                     on_phase(step, "periodic")
                 if step % cfg.log.every_n_steps == 0 or step == cfg.trainer.max_steps:
-                    values = dict(zip(metric_tags, (distributed.all_reduce_mean(acc) / acc_n).tolist()))
+                    means = distributed.all_reduce_mean(acc) / acc_n
+                    if nets.augment is not None:  # Aug/p read with the means: one host read
+                        means = torch.cat([means, nets.augment.p.view(1).to(means)])
+                    values = dict(zip([*metric_tags, "Aug/p"], means.tolist()))
                     now = time.perf_counter()
                     ips = (step - step_last) * batch * cfg.trainer.d_steps * world / (now - t_last)
                     acc.zero_()

@@ -53,12 +53,19 @@ def assert_no_duplicate_steps(steps: dict[str, list[int]]) -> None:
 
 
 # ------------------------------------------------------------------------------------ exact resume
-@pytest.mark.parametrize("model,ema", [("gan", False), ("gan", True), ("dcgan", True)])
-def test_resume_is_bit_exact(tmp_path, image_folder, model, ema):
-    """N steps, stop, resume for N more == 2N steps in one go, bit for bit (G, D, EMA, optimisers).
+# ADA with a p that moves every D step, and R1 through the augmentation: p and its r_t sums are state
+# (a fast D: r_t rises above the low target at once)
+ADA = ["augment=ada", "augment.ada_kimg=0.08", "augment.target=0.01", "augment.interval=1", "loss.r1_gamma=0.1",
+       "loss.r1_interval=2", "optim.discriminator.lr=0.01"]
+
+
+@pytest.mark.parametrize("model,ema,extra", [("gan", False, []), ("gan", True, []), ("dcgan", True, []),
+                                             ("dcgan", False, ADA)], ids=["gan", "gan-ema", "dcgan", "dcgan-ada"])
+def test_resume_is_bit_exact(tmp_path, image_folder, model, ema, extra):
+    """N steps, stop, resume for N more == 2N steps in one go, bit for bit (G, D, EMA, optimisers, ADA's p).
     The gan runs keep the default sample-quality metrics on (they draw samples mid-run)."""
     data = [*GAN_SINE[:-1], "metrics=default"] if model == "gan" else dcgan_folder(image_folder)
-    common = [*data, "trainer.deterministic=true", "log.every_n_steps=2", "log.sample_every_n_steps=3",
+    common = [*data, *extra, "trainer.deterministic=true", "log.every_n_steps=2", "log.sample_every_n_steps=3",
               "ckpt.every_n_steps=4", "log.num_samples=8", "model.ema_kimg=1" if ema else "model.ema_kimg=null"]
     n = 5 if model == "gan" else 3
     one_go, two_part = tmp_path / "one_go", tmp_path / "two_part"
@@ -82,6 +89,9 @@ def test_resume_is_bit_exact(tmp_path, image_folder, model, ema):
             for name, t in sa.items():
                 assert torch.equal(t, b[key]["state"][pid][name]), f"{key} state {pid}.{name} differs"
     assert torch.equal(a["grid_z"], b["grid_z"])
+    if extra:  # p moved, and resumed where it was
+        assert 0 < a["augment"]["p"] < 1 and torch.equal(a["augment"]["p"], b["augment"]["p"])
+        assert torch.equal(a["augment"]["signs"], b["augment"]["signs"])
     # the same TensorBoard run continues: every step once, nothing missing from the one-go run's steps
     sa, sb = scalar_steps(one_go), scalar_steps(two_part)
     assert_no_duplicate_steps(sb)

@@ -24,6 +24,10 @@ CASES = {
     # StyleGAN with lazy R1 due inside the run, bf16 autocast and channels-last
     "stylegan-mnist-r1-bf16": [*tiny("stylegan"), "data=mnist", "loss.r1_interval=3", "trainer.precision=bf16",
                                "trainer.channels_last=true"],
+    # ADA adjusting p (and all-reducing nothing: one process) with R1 through the augmentation; DiffAugment
+    "dcgan-mnist-ada-r1": [*tiny("dcgan"), "data=mnist", "augment=ada", "augment.interval=2", "loss.r1_gamma=0.1",
+                           "loss.r1_interval=3"],
+    "dcgan-mnist-diffaug": [*tiny("dcgan"), "data=mnist", "augment=diffaug"],
 }
 
 
