@@ -49,6 +49,10 @@ class LossConfig:
     label_noise: float = 0.0
     r1_gamma: float = 0.0
     r1_interval: int = 16
+    gp_weight: float = 0.0              # WGAN-GP's gradient penalty on interpolates (loss=wgan_gp: 10)
+    pl_weight: float = 0.0              # StyleGAN2's path-length regulariser (loss=bce_r1: 2), 0 = off
+    pl_interval: int = 4                # lazy: every N G steps, scaled by N
+    pl_decay: float = 0.01              # the running mean of path lengths: a += decay * (mean - a)
 
 
 @dataclass
@@ -128,7 +132,7 @@ def register() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
-LOSSES = ("nonsaturating", "minimax", "hinge", "least_squares")
+LOSSES = ("nonsaturating", "minimax", "hinge", "least_squares", "wasserstein")
 PRECISIONS = ("32", "bf16", "16")
 
 
@@ -175,10 +179,10 @@ def validate(cfg: DictConfig) -> None:
     _no_added_keys(cfg)
     for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices",
                 "log.every_n_steps", "log.sample_every_n_steps", "log.num_samples",
-                "ckpt.every_n_steps", "loss.r1_interval", "model.z_dim", "data.size",
+                "ckpt.every_n_steps", "loss.r1_interval", "loss.pl_interval", "model.z_dim", "data.size",
                 "data.num_points", "data.resolution", "data.channels"):
         _positive(cfg, key)
-    for key in ("ckpt.keep", "loss.r1_gamma", "loss.label_smoothing", "loss.label_noise", "data.noise"):
+    for key in ("ckpt.keep", "loss.r1_gamma", "loss.gp_weight", "loss.pl_weight", "loss.pl_decay", "loss.label_smoothing", "loss.label_noise", "data.noise"):
         _positive(cfg, key, allow_zero=True)
     for key in ("loss.label_smoothing", "loss.label_noise"):
         if OmegaConf.select(cfg, key) >= 1:
@@ -191,7 +195,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"loss.name={cfg.loss.name} is unknown: choose one of {', '.join(LOSSES)}.")
     if str(cfg.trainer.precision) not in PRECISIONS:
         raise UserError(f"trainer.precision={cfg.trainer.precision} is unknown: choose 32, bf16 or 16.")
-    if cfg.loss.name in ("hinge", "least_squares") and (cfg.loss.label_smoothing or cfg.loss.label_noise):
+    if cfg.loss.name in ("hinge", "least_squares", "wasserstein") and (cfg.loss.label_smoothing or cfg.loss.label_noise):
         raise UserError(f"label smoothing and label noise apply to the BCE losses only, not loss={cfg.loss.name}.")
     for key in ("metrics.every_n_steps", "metrics.batch_size", "metrics.classifier_steps", "metrics.kid_subsets", "metrics.prdc_k"):
         _positive(cfg, key)

@@ -5,6 +5,9 @@
 - minimax: the original objective; G minimises log(1 - D(G(z))) = -softplus(D(G(z))).
 - hinge: D: relu(1 - D(x)) + relu(1 + D(G(z))); G: -D(G(z)).
 - least_squares (LSGAN): D: ((D(x) - 1)^2 + D(G(z))^2) / 2; G: (D(G(z)) - 1)^2 / 2.
+- wasserstein (WGAN): D (the critic): D(G(z)) - D(x); G: -D(G(z)); with ``gp_weight`` > 0 the gradient
+  penalty of WGAN-GP (Gulrajani et al. 2017): gp_weight * E(||grad D(x_hat)|| - 1)^2 on random
+  interpolates x_hat of real and fake samples, at every D step (``loss=wgan_gp``: lambda 10).
 
 The seeds' tricks for the BCE losses: one-sided label smoothing (real target 1 - s) and label
 noise (each D label flipped with probability p).
@@ -15,15 +18,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gantrain.config import UserError
+
 
 class GANLoss:
     def __init__(self, name: str = "nonsaturating", label_smoothing: float = 0.0, label_noise: float = 0.0,
-                 r1_gamma: float = 0.0, r1_interval: int = 16):
+                 r1_gamma: float = 0.0, r1_interval: int = 16, gp_weight: float = 0.0, pl_weight: float = 0.0, pl_interval: int = 4,
+                 pl_decay: float = 0.01):
         self.name = name
         self.label_smoothing = label_smoothing
         self.label_noise = label_noise
         self.r1_gamma = r1_gamma
         self.r1_interval = r1_interval
+        self.gp_weight = gp_weight
+        self.pl_weight, self.pl_interval, self.pl_decay = pl_weight, pl_interval, pl_decay  # gantrain/path_length.py
 
     def _targets(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         target = torch.full_like(logits, (1.0 - self.label_smoothing) if real else 0.0, dtype=torch.float32)
@@ -41,6 +49,8 @@ class GANLoss:
             return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
         if self.name == "least_squares":
             return 0.5 * ((real_logits - 1).square().mean() + fake_logits.square().mean())
+        if self.name == "wasserstein":
+            return fake_logits.mean() - real_logits.mean()
         raise ValueError(f"unknown loss {self.name}")
 
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -53,6 +63,8 @@ class GANLoss:
             return -fake_logits.mean()
         if self.name == "least_squares":
             return 0.5 * (fake_logits - 1).square().mean()
+        if self.name == "wasserstein":
+            return -fake_logits.mean()
         raise ValueError(f"unknown loss {self.name}")
 
     def r1_due(self, d_step: int) -> bool:
@@ -70,3 +82,20 @@ class GANLoss:
             (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().flatten(1).sum(1).mean()
         return penalty * (self.r1_gamma / 2 * self.r1_interval)
+
+    def gradient_penalty(self, D: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """WGAN-GP: gp_weight * E(||grad_x D(x_hat)||_2 - 1)^2, x_hat = eps real + (1 - eps) fake, eps ~ U(0, 1)
+        per sample. In float32 outside autocast, as R1."""
+        real, fake = real.detach().float(), fake.detach().float()
+        eps = torch.rand((real.shape[0],) + (1,) * (real.ndim - 1), device=real.device)
+        x_hat = torch.lerp(fake, real, eps).requires_grad_(True)
+        with torch.autocast(device_type=real.device.type, enabled=False):
+            (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+        return self.gp_weight * (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def check_discriminator(loss_cfg, D: torch.nn.Module) -> None:
+    """The WGAN-GP paper's rule: no batch normalisation in the critic (the penalty is per sample)."""
+    if loss_cfg.get("gp_weight") and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+        raise UserError("the gradient penalty (loss.gp_weight>0, loss=wgan_gp) needs a discriminator without "
+                        "BatchNorm: set model.discriminator.batch_norm=false or model.discriminator.spectral_norm=true.")

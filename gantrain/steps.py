@@ -3,7 +3,7 @@
 Used by the training loop and by the benchmark's ceiling, so both time exactly the same work.
 
 - D step: a real batch labelled real and ``G(z)`` (no gradient into G) labelled fake; lazy R1 on the
-  reals when due; only D's weights change.
+  reals when due, WGAN-GP's gradient penalty when set; only D's weights change.
 - G step: fresh fakes labelled real through the plain, frozen D; only G's weights change.
 
 With ``augment`` (gantrain/augment.py) every image D sees goes through it first: reals and fakes of the D
@@ -80,9 +80,12 @@ def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
         loss_D = t.loss.d_loss(d_real, d_fake)
     if t.augment is not None:
         t.augment.observe(d_real, d_index)
+    critic = t.D if t.augment is None else lambda x: t.D(t.augment(x))  # the regularisers see what D sees
     objective = loss_D
     if t.loss.r1_due(d_index):
-        objective = loss_D + t.loss.r1(t.D if t.augment is None else lambda x: t.D(t.augment(x)), real)
+        objective = loss_D + t.loss.r1(critic, real)
+    if t.loss.gp_weight:  # WGAN-GP's penalty on interpolates, every D step
+        objective = objective + t.loss.gradient_penalty(critic, real, fake)
     t.opt_D.zero_grad(set_to_none=True)
     t.scaler_D.scale(objective).backward()
     t.scaler_D.step(t.opt_D)

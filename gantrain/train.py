@@ -32,7 +32,7 @@ from gantrain import checkpoint, distributed
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
-from gantrain.losses import GANLoss
+from gantrain.losses import GANLoss, check_discriminator
 from gantrain.metrics import build_evaluator
 from gantrain.models import sample
 from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
@@ -257,6 +257,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     # ---- models, sized from the data
     G = build_network(cfg.model.generator, "generator", shape).to(device)
     D = build_network(cfg.model.discriminator, "discriminator", shape).to(device)
+    check_discriminator(cfg.loss, D)  # WGAN-GP: no BatchNorm in the critic
     channels_last = cfg.trainer.channels_last and len(shape) == 3
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)

@@ -14,8 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.utils import FAST, ROOT, gantrain, make_cfg, tiny
 
 GROUPS = {"model": ["dcgan", "gan", "stylegan"], "data": ["celeba", "fashion_mnist", "folder", "mnist", "sine"],
-          "loss": ["bce", "bce_r1", "hinge", "lsgan", "minimax"], "optim": ["adam", "stylegan", "ttur"],
-          "experiment": ["dcgan_celeba", "dcgan_mnist", "gan_mnist", "stylegan_celeba"]}
+          "loss": ["bce", "bce_r1", "hinge", "lsgan", "minimax", "wgan_gp"],
+          "optim": ["adam", "stylegan", "ttur", "wgan_gp"],
+          "experiment": ["dcgan_celeba", "dcgan_mnist", "gan_mnist", "sngan_celeba", "sngan_mnist", "sngan_sine",
+                         "stylegan_celeba", "wgan_gp_mnist", "wgan_gp_sine"]}
 
 
 def test_help_lists_every_group_and_option():

@@ -65,20 +65,29 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """``spectral_norm``: every convolution's weight divided by its largest singular value (Miyato et al. 2018,
+    torch's parametrization; its power-iteration vectors are buffers). ``batch_norm``: null means BatchNorm
+    unless spectral_norm is on (SNGAN's D has none: SN replaces it); false is also what WGAN-GP needs."""
+
     def __init__(self, shape: Sequence[int], base_channels: int = 64, max_channels: int = 512,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, spectral_norm: bool = False, batch_norm: bool | None = None):
         super().__init__()
         start, n_down = _plan(shape)
+        bn = not spectral_norm if batch_norm is None else batch_norm
         ch = [min(max_channels, base_channels * 2 ** i) for i in range(n_down)]
         layers: list[nn.Module] = [nn.Conv2d(shape[0], ch[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for i in range(1, n_down):
-            layers += [nn.Conv2d(ch[i - 1], ch[i], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i]),
+            layers += [nn.Conv2d(ch[i - 1], ch[i], 4, 2, 1, bias=not bn), *([nn.BatchNorm2d(ch[i])] if bn else []),
                        nn.LeakyReLU(0.2, True)]
             if dropout > 0:
                 layers.append(nn.Dropout2d(dropout))
         layers.append(nn.Conv2d(ch[-1], 1, start, 1, 0))
         self.net = nn.Sequential(*layers)
-        self.apply(_init)
+        self.apply(_init)  # before the parametrization: it initialises the stored weights
+        if spectral_norm:
+            for m in self.net:
+                if isinstance(m, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)

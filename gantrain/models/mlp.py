@@ -35,16 +35,21 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, shape: Sequence[int], hidden: Sequence[int] = (1024, 512, 256), dropout: float = 0.3):
+    """``spectral_norm``: every linear layer's weight divided by its largest singular value (Miyato et al. 2018,
+    torch's parametrization; one power iteration per training-mode forward, its vectors are buffers)."""
+
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int] = (1024, 512, 256), dropout: float = 0.3,
+                 spectral_norm: bool = False):
         super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(shape)
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
+            layers += [sn(nn.Linear(width, h)), nn.LeakyReLU(0.2)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(sn(nn.Linear(width, 1)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
