@@ -6,7 +6,8 @@ OUT by extension: ``.png`` a grid (for sine data a plot of the curves), ``.npz``
 (``images`` uint8 N,H,W,C or, for sine data, ``curves`` float32 N,L), a directory (a path ending in
 ``/``, an existing folder or a path without extension) one PNG per sample, ``.gif`` a smooth latent
 interpolation through N keyframes (spherical in z; linear in w for StyleGAN) with K frames between
-keyframes. The EMA generator is used when the checkpoint has one.
+keyframes, ``.mp4`` the same as a video (needs imageio-ffmpeg). ``--style-mix ROWS COLS`` (StyleGAN, ``.png``):
+the style-mixing figure for the given seeds (gantrain.media). The EMA generator is used when the checkpoint has one.
 
 The config in a checkpoint is data, not code: only ``_target_``s naming the project's own model classes
 (``gantrain.models.<module>.<Class>``) are instantiated, with plain values, without interpolation.
@@ -30,11 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from gantrain import media
 from gantrain.config import UserError
 from gantrain.models import sample as _forward  # fixed noise: a seed fixes the output
 
 BATCH = 256                         # latents per forward pass: memory stays bounded for any N
-KINDS = {".png": "grid", ".npz": "npz", ".gif": "gif"}
+KINDS = {".png": "grid", ".npz": "npz", ".gif": "gif", ".mp4": "mp4"}
 _TARGET = re.compile(r"^gantrain\.models\.([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -283,7 +285,7 @@ def output_kind(out: str) -> tuple[str, Path]:
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"-o {out}: the extension {path.suffix} is not one gantrain-generate writes; use .png "
-                        "(a grid), .npz (raw samples), .gif (an interpolation) or a directory (one PNG per sample).")
+                        "(a grid), .npz (raw samples), .gif or .mp4 (an interpolation) or a directory (one PNG per sample).")
     return kind, path
 
 
@@ -306,7 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="gantrain-generate",
         description="Generate samples from a gantrain checkpoint (the EMA generator when there is one).",
         epilog="OUT by extension: .png a grid, .npz raw samples (images uint8 N,H,W,C; curves float32 N,L for "
-               "sine data), .gif a latent interpolation, a directory (ends in /, exists, or no extension) one "
+               "sine data), .gif or .mp4 a latent interpolation, a directory (ends in /, exists, or no extension) one "
                "PNG per sample.")
     p.add_argument("ckpt", metavar="CKPT", help="a checkpoint, e.g. outputs/<date>/<time>/checkpoints/last.pt")
     p.add_argument("-n", type=int, default=None, metavar="N",
@@ -316,7 +318,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--truncation", type=float, default=None, metavar="PSI",
                    help="truncation psi (StyleGAN only): 1 = none, smaller = closer to the average")
     p.add_argument("--interpolate", type=int, default=None, metavar="K",
-                   help="frames between keyframes of a .gif (default 16)")
+                   help="frames between keyframes of a .gif or .mp4 (default 16)")
+    p.add_argument("--style-mix", nargs=2, default=None, metavar=("ROWS", "COLS"),
+                   help="StyleGAN, -o X.png: the style-mixing figure; ROWS, COLS: comma-separated seeds, e.g. 1,2,3 7,8")
     p.add_argument("--device", default="auto", metavar="D", help="auto (cuda if present), cpu, cuda or cuda:K")
     return p.parse_args(argv)
 
@@ -327,13 +331,18 @@ def generate(args: argparse.Namespace) -> str:
     from gantrain.train import select_device
 
     kind, out = output_kind(args.out)
-    n = args.n if args.n is not None else (4 if kind == "gif" else 64)
+    video = kind in ("gif", "mp4")
+    if kind == "mp4":
+        media.need_ffmpeg(args.out)
+    if args.style_mix is not None and kind != "grid":
+        raise UserError("--style-mix writes a figure: use -o something.png.")
+    n = args.n if args.n is not None else (4 if video else 64)
     if n < 1:
         raise UserError(f"-n {n} is out of range: ask for at least one sample.")
-    if kind == "gif" and n < 2:
-        raise UserError("-n must be at least 2 for a .gif: it interpolates between N keyframes.")
-    if args.interpolate is not None and kind != "gif":
-        raise UserError("--interpolate applies to a .gif output only: use -o something.gif.")
+    if video and n < 2:
+        raise UserError(f"-n must be at least 2 for a .{kind}: it interpolates between N keyframes.")
+    if args.interpolate is not None and not video:
+        raise UserError("--interpolate applies to a .gif or .mp4 output only: use -o something.gif.")
     between = 16 if args.interpolate is None else args.interpolate
     if between < 0:
         raise UserError(f"--interpolate {between} is out of range: use 0 or more frames between keyframes.")
@@ -351,8 +360,13 @@ def generate(args: argparse.Namespace) -> str:
     curves = len(ckpt["data_shape"]) == 1
     progress = sys.stderr.isatty() or n > 4 * BATCH   # a bar for large N
 
-    if kind == "gif":
-        write_gif(interpolation(G, n, between, seed, args.truncation, device, progress), out, curves)
+    if args.style_mix is not None:
+        rows, cols = (media.parse_seeds(t, w) for t, w in zip(args.style_mix, ("ROWS", "COLS")))
+        media.write_style_mix(media.style_mix(G, rows, cols, args.truncation, device), out, len(cols))
+        return f"wrote the style-mixing figure of row seeds {rows} and column seeds {cols} to {out}"
+    if video:
+        write = write_gif if kind == "gif" else media.write_mp4
+        write(interpolation(G, n, between, seed, args.truncation, device, progress), out, curves)
         what = f"a {n * (between + 1)}-frame interpolation through {n} keyframes"
     else:
         batches = samples(G, n, seed, args.truncation, device, progress)
