@@ -213,17 +213,32 @@ def measure_folder_epochs(root: Path, device, resolution: int = 64) -> dict[str,
     return {"first": first, "later": later, "imagefolder_first": rates[0], "imagefolder_later": rates[1]}
 
 
+def _cases(text: str) -> str:
+    unknown = [c for c in text.split(",") if c not in CASES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown case {unknown[0]}: choose from {', '.join(CASES)}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--seconds", type=float, default=15.0, help="timing window of ceiling and baseline")
+    p = argparse.ArgumentParser(
+        prog="python -m gantrain.bench", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="cases (model and data of each):\n" + "\n".join(
+            f"  {name:16s} {' '.join(model + data)}" for name, (model, data) in CASES.items()))
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:K (default: auto)")
+    p.add_argument("--cases", default=",".join(CASES), type=_cases,
+                   help="comma-separated cases to run, of those listed below (default: all)")
+    p.add_argument("--seconds", type=float, default=15.0,
+                   help="timing window of the ceiling and the baseline, in seconds (default: 15)")
     p.add_argument("--loop-steps", default="", help="steps of the loop's run (default: about --seconds of work)")
-    p.add_argument("--precision", default="32")
-    p.add_argument("--data-root", default=None, help="real data (MNIST/raw, celeba/img_align_celeba) instead")
-    p.add_argument("--n-jpeg", type=int, default=2048)
+    p.add_argument("--precision", default="32", help="trainer.precision of every case: 32, bf16 or 16 (default: 32)")
+    p.add_argument("--data-root", default=None,
+                   help="real data (MNIST/raw, celeba/img_align_celeba) instead of random data in their formats")
+    p.add_argument("--n-jpeg", type=int, default=2048,
+                   help="JPEGs in the CelebA-style folder written when there is no --data-root (default: 2048)")
     p.add_argument("--write", action="store_true", help="write the table into docs/BENCHMARKS.md")
-    p.add_argument("--extra", default="", help="extra overrides for every case, comma-separated")
+    p.add_argument("--extra", default="", help="extra gantrain overrides for every case, comma-separated")
     p.add_argument("--tag", default="", help="name of the docs/BENCHMARKS.md section to (re)write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

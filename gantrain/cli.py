@@ -57,21 +57,67 @@ def check_writable(run_dir: str | os.PathLike) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     global _job_started
     _job_started = True
+    from hydra.types import RunMode
+
     from gantrain import distributed  # torch is imported only when a job really runs
     from gantrain.train import Interrupted, train
 
+    hc = HydraConfig.get()
+    out_dir = hc.runtime.output_dir
+    in_sweep = hc.mode == RunMode.MULTIRUN
+    first_rank = distributed.env_rank() == 0  # ranks > 0 of torchrun/SLURM have no run directory of their own
+    if in_sweep:
+        _sweep.setdefault("finished", 0)
+        _sweep["dir"] = str(hc.sweep.dir)
+    if _start is not None and first_rank:
+        _start.describe()
     try:
-        out_dir = HydraConfig.get().runtime.output_dir
         check_writable(out_dir)
-        return distributed.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
+        result = distributed.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
     except UserError as e:
         log.error("%s", e)
+        if first_rank:
+            _ending(out_dir, finished=False)
         sys.exit(2)
     except Interrupted as e:
         if e.path is not None:  # rank 0 saved; other ranks of a multi-process job have nothing to add
-            log.error("stopped by signal %d after saving %s; continue with resume=auto hydra.run.dir=%s",
-                      e.signum, e.path, e.path.parent.parent)
+            log.info("stopped by %s after saving %s", signal_name(e.signum), e.path)
+            _ending(out_dir, finished=False)
         sys.exit(128 + e.signum)
+    except BaseException:
+        if first_rank:
+            _ending(out_dir, finished=False)
+        raise
+    if first_rank and not in_sweep:
+        _ending(out_dir, finished=True)
+    if in_sweep:
+        _sweep["finished"] += 1
+    return result
+
+
+def signal_name(signum: int) -> str:
+    """``Ctrl-C (SIGINT)`` or ``SIGTERM``: how a stop signal is named to the user."""
+    import signal
+
+    name = signal.Signals(signum).name
+    return "Ctrl-C (SIGINT)" if name == "SIGINT" else name
+
+
+def _ending(out_dir: str, finished: bool) -> None:
+    """The run's closing block; a start that failed before writing anything leaves no run directory."""
+    from gantrain import runs
+
+    try:
+        if not finished and not runs.trained(Path(out_dir), _start):
+            print(f"gantrain: {runs.tidy_failed_start(Path(out_dir), _start)}.", flush=True)
+            return
+        print(runs.summary(out_dir, finished), flush=True)
+    except OSError:  # a run directory that cannot be read or changed: the error above has said so
+        pass
+
+
+_start = None   # gantrain.runs.Start: this start's command line as main() rebuilt it
+_sweep: dict = {}  # a multirun's directory and job count, for its closing line
 
 
 def main() -> None:
@@ -80,17 +126,30 @@ def main() -> None:
     Hydra prints a bad override as several lines and exits 1; here it raises instead
     (``HYDRA_FULL_ERROR=1`` for the call), and :func:`explain` turns the error into one sentence with
     the fix, exit 2, like every other :class:`UserError`. Set ``HYDRA_FULL_ERROR=1`` yourself to see
-    Hydra's full traceback instead.
+    Hydra's full traceback instead. A resume composes with the run's recorded overrides first
+    (:func:`gantrain.runs.prepare`).
     """
+    global _start
+    from gantrain import runs
+
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    try:
+        _start = runs.prepare(sys.argv[1:])
+    except Exception as e:  # an override Hydra cannot read: Hydra itself says so below, in one sentence
+        if explain(e) is None:
+            raise
+    else:
+        sys.argv = [sys.argv[0], *_start.argv]
     if "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ:  # a rank of torchrun / srun
-        from gantrain.distributed import worker_overrides
+        from gantrain.distributed import env_rank, worker_overrides
 
         try:
             sys.argv += worker_overrides(sys.argv[1:])  # ranks > 0: no run directory, no .hydra/, no log file
         except UserError as e:
             print(f"gantrain: error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+        if env_rank() > 0 and _start is not None:
+            _start.record_dir = None  # rank 0's record, not this rank's to remove
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
@@ -105,6 +164,8 @@ def main() -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = user_full_error
+        if _sweep:
+            print(runs.sweep_summary(_sweep["dir"], _sweep["finished"]), flush=True)
 
 
 # ------------------------------------------------------------------------ Hydra errors in one sentence

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from gantrain.config import UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gantrain-eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="a checkpoint written by gantrain (e.g. outputs/<date>/<time>/checkpoints/last.pt)")
+    p = argparse.ArgumentParser(prog="gantrain-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description=__doc__.replace("``", "").split("\n\n", 1)[0],  # plain text
+                                epilog=__doc__.replace("``", "").split("\n\n", 2)[2])
+    p.add_argument("checkpoint", help="a checkpoint written by gantrain "
+                                      "(e.g. outputs/<date>/<time>_<model>_<data>/checkpoints/last.pt)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated metric names (default: the run's metrics.names or the data set's defaults); "
                         "known: sine_residual, sine_amp_ks, sine_phase_ks, sine_ks, classifier_fd, class_coverage, "
@@ -90,7 +94,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if tuple(data.shape) != shape:
             raise UserError(f"the data set now has shape {tuple(data.shape)} but the checkpoint was trained on "
                             f"{shape}: point --data-root at the run's data.")
-        evaluator = build_evaluator(mcfg, data, cfg_data, device)
+        with _without_training_schedule():
+            evaluator = build_evaluator(mcfg, data, cfg_data, device)
         scores = evaluator.evaluate(G)
         protocol = describe(evaluator, data, "EMA" if is_ema else "raw (no EMA in the checkpoint)")
     finally:
@@ -101,6 +106,19 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "primary": evaluator.primary, "metrics": scores,
         "higher_is_better": sorted(n for n in scores if n in HIGHER_IS_BETTER), "protocol": protocol,
     }
+
+
+@contextmanager
+def _without_training_schedule():
+    """The evaluator's "metrics: ... every N steps on M samples" line describes a training run, not this
+    evaluation (the table below names the samples): leave it out."""
+    metrics_log = logging.getLogger("gantrain.metrics")
+    schedule = lambda record: not str(record.msg).startswith("metrics: %s every %d steps")  # noqa: E731
+    metrics_log.addFilter(schedule)
+    try:
+        yield
+    finally:
+        metrics_log.removeFilter(schedule)
 
 
 def table(result: dict[str, Any]) -> str:

@@ -72,7 +72,7 @@ _PROJECT = Path(__file__).resolve().parent.parent  # the folder holding the gant
 _LIBRARIES = Path(torch.__file__).resolve().parent.parent  # the folder holding torch (site-packages)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _short(filename: str) -> str:
     """A location named from the project's root (``gantrain/train.py``, ``tests/...``) or from the libraries'
     folder (``torch/optim/adam.py``), whatever the folders above them are called; other files in full."""

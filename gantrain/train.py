@@ -27,8 +27,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gantrain import checkpoint, distributed
+from gantrain import checkpoint, distributed, runs
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
@@ -314,6 +315,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
             "grid_z": grid_z.cpu(), "rng": rng,
             "augment": nets.augment.state_dict() if nets.augment is not None else None,
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "overrides": runs.task_overrides(),  # how the run was started (resume=PATH composes with them)
         }
 
     ckpt_dir = out_dir / "checkpoints"
@@ -383,7 +385,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
                 dynamic_ncols=True, desc=f"{cfg.model.name}/{cfg.data.name}", mininterval=1.0)
     step = start
     try:
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, logging_redirect_tqdm():  # log lines print above the progress bar
             while step < cfg.trainer.max_steps and not distributed.agree_to_stop(stop, step, cfg.log.every_n_steps):
                 if on_phase:
                     on_phase(step + 1, "step")

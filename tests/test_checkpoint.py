@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -248,16 +249,23 @@ def test_signal_saves_closes_tensorboard_and_exits_nonzero(tmp_path, sig):
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err[-2000:]
-    assert "resume=auto" in out + err and "Traceback" not in out + err
+    assert "Traceback" not in out + err and "[ERROR]" not in out + err and f"signal {int(sig)}" not in out + err
+    name = "Ctrl-C (SIGINT)" if sig == signal.SIGINT else "SIGTERM"
+    assert f"[INFO] - stopped by {name} after saving {run_dir / 'checkpoints' / 'last.pt'}" in out, out[-2000:]
+    hint = next(ln.split(None, 1)[1] for ln in out.splitlines() if ln.startswith("continue:"))
+    assert hint == f"gantrain resume=auto hydra.run.dir={run_dir}", hint
     saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     stopped = saved["step"]
     assert stopped >= 5
     # the writer was closed (flushed): TensorBoard has every step up to the saved one
     assert scalar_steps(run_dir)["Loss/G"] == list(range(1, stopped + 1))
 
-    r = gantrain(*FAST, f"hydra.run.dir={run_dir}", *common, f"trainer.max_steps={stopped + 3}", "resume=auto")
+    # the printed hint as it is (the run's own settings come from its record), a shorter max_steps on top
+    r = gantrain(*shlex.split(hint)[1:], f"trainer.max_steps={stopped + 3}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"] == stopped + 3
+    resumed = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert resumed["step"] == stopped + 3 and resumed["config"] == {**saved["config"], "resume": "auto",
+                                                                    "trainer": resumed["config"]["trainer"]}
     steps = scalar_steps(run_dir)
     assert_no_duplicate_steps(steps)
     assert steps["Loss/G"] == list(range(1, stopped + 4))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.utils import FAST, ROOT, gantrain, make_cfg, tiny
@@ -50,6 +53,9 @@ def test_a_sweep_gives_one_run_dir_and_one_tensorboard_run_per_job(tmp_path, mni
         assert "Loss/D" in acc.Tags()["scalars"]
         assert acc.PluginTagToContent("hparams"), "no HParams entry in the job's own run"
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+    # the sweep's directory is named once, at the end, not a closing block per job
+    assert out.stdout.count("sweep directory:") == 1 and "run directory:" not in out.stdout, out.stdout[-2000:]
+    assert "tensorboard --logdir sweep\n" in out.stdout  # (relative to the working directory)
 
 
 def test_the_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
@@ -106,3 +112,116 @@ def test_experiment_presets_compose_and_train_with_overrides_winning(tmp_path, m
     assert (cfg.trainer.max_steps, cfg.data.batch_size) == (2, 4)  # the command line wins over the preset
     train(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+# ------------------------------------------------------------------ resume remembers how the run was started
+STARTED = [*tiny("gan"), "data.size=256", "seed=3", "trainer.max_steps=6", "ckpt.every_n_steps=3"]
+
+
+def test_resume_auto_alone_continues_the_run_as_it_was_started_and_keeps_its_record(tmp_path):
+    run = tmp_path / "run"
+    first = gantrain(*FAST, *STARTED, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "run directory: run\n" in first.stdout and "tensorboard --logdir run\n" in first.stdout
+    assert "gantrain-generate run/checkpoints/last.pt -n 64" in first.stdout
+    for name in ("last.pt", "step_0000006.pt"):  # as if stopped at step 3 of 6: step_0000003.pt is the newest
+        (run / "checkpoints" / name).unlink()
+    record = {p.relative_to(run): p.read_bytes() for p in (run / ".hydra").iterdir()}
+
+    refused = gantrain("resume=auto", f"hydra.run.dir={run}", "model.z_dim=8", cwd=tmp_path)
+    assert refused.returncode == 2 and "another model" in refused.stdout + refused.stderr, refused.stderr[-2000:]
+    assert "the run directory run is as it was before this start" in refused.stdout
+    assert {p.relative_to(run): p.read_bytes() for p in (run / ".hydra").iterdir()} == record
+
+    resumed = gantrain("resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)  # nothing else: the hint's command
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["step"] == 6 and saved["config"]["seed"] == 3 and saved["config"]["data"]["size"] == 256
+    assert saved["config"]["model"]["generator"]["hidden"] == [32, 32] and not saved["config"]["metrics"]["enabled"]
+    assert {p.relative_to(run): p.read_bytes() for p in (run / ".hydra").iterdir() if p.is_file()} == record
+    mine = yaml.safe_load((run / ".hydra" / "resume-1" / "overrides.yaml").read_text())
+    assert "resume=auto" in mine and "seed=3" in mine and (run / ".hydra" / "resume-1" / "config.yaml").is_file()
+
+
+def test_resume_from_a_path_and_cfg_job_compose_with_the_runs_record(tmp_path):
+    from gantrain import checkpoint, runs
+    from gantrain.train import train
+
+    train(make_cfg(*FAST, *STARTED), tmp_path / "first")  # no .hydra/: the checkpoint says how it was started
+    ckpt = tmp_path / "first" / "checkpoints" / "step_0000003.pt"
+    assert checkpoint.load(ckpt)["overrides"] == []  # (outside a Hydra job there are none to save)
+    (tmp_path / "first" / ".hydra").mkdir()
+    (tmp_path / "first" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*FAST, *STARTED]))
+
+    start = runs.prepare(["--cfg", "job", f"resume={ckpt}", f"hydra.run.dir={tmp_path / 'second'}",
+                          "log.every_n_steps=2"])
+    assert start.argv[:2] == ["--cfg", "job"] and start.record_dir is None
+    cfg = make_cfg(*(a for a in start.argv[2:] if not a.startswith("hydra.")))
+    assert (cfg.seed, cfg.trainer.max_steps, cfg.log.every_n_steps, cfg.resume) == (3, 6, 2, str(ckpt))
+    train(cfg, tmp_path / "second")
+    saved = checkpoint.load(tmp_path / "second" / "checkpoints" / "last.pt")
+    assert saved["step"] == 6 and saved["config"]["data"]["size"] == 256
+
+
+def test_a_later_start_in_a_run_directory_records_itself_beside_the_first(tmp_path):
+    from gantrain import runs
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    start = runs.prepare(["seed=2", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert start.argv == ["seed=2", f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=.hydra/start-1"]
+    assert runs.prepare(["seed=2", f"hydra.run.dir={tmp_path / 'new'}"]).argv[-1] == f"hydra.run.dir={tmp_path / 'new'}"
+
+
+def test_log_lines_print_above_the_progress_bar(tmp_path):
+    """Hydra's console handler is swapped for tqdm's while the bar runs (no log line breaks the bar)."""
+    import logging
+    import sys
+
+    from gantrain.train import train
+
+    seen = []
+    console = logging.StreamHandler(sys.stdout)
+    logging.root.addHandler(console)
+    try:
+        train(make_cfg(*tiny("gan"), "trainer.device=cpu", "metrics=off", "data.size=256", "trainer.max_steps=2",
+                       "log.progress_bar=true"), tmp_path / "run",
+              on_phase=lambda step, phase: seen.append({type(h).__name__ for h in logging.root.handlers}))
+    finally:
+        logging.root.removeHandler(console)
+    assert seen and all("_TqdmLoggingHandler" in names and "StreamHandler" not in names for names in seen), seen
+
+
+def test_eval_and_bench_help_are_plain_text_and_explain_every_flag(capsys):
+    from gantrain import bench, evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "Prints a table" in out and "_<model>_<data>/checkpoints/last.pt" in out
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m gantrain.bench")
+    assert all(f"  {name} " in out for name in bench.CASES)  # the cases, with their model and data
+    flags = re.findall(r"^  (--[\w-]+)( [A-Z_]+)?(.*)$", out, flags=re.M)
+    assert len(flags) == 10, flags
+    lines = out.splitlines()
+    for i, line in enumerate(lines):  # every flag has its explanation, on its line or the next
+        if re.match(r"^  --[\w-]+", line):
+            assert len(line.split()) > 2 or lines[i + 1].startswith(" " * 20), line
+
+
+def test_gantrain_eval_does_not_describe_a_training_schedule(tmp_path, caplog):
+    import logging
+
+    from gantrain import evaluate
+    from gantrain.train import train
+
+    train(make_cfg(*tiny("gan"), "trainer.device=cpu", "log.progress_bar=false", "metrics=off", "data.size=256",
+                   "trainer.max_steps=1"), tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        result = evaluate.evaluate(evaluate.parse_args([str(tmp_path / "run" / "checkpoints" / "last.pt"),
+                                                        "-n", "32", "--device", "cpu"]))
+    assert result["num_samples"] == 32 and "sine_ks" in result["metrics"]
+    assert "every" not in caplog.text and "steps" not in caplog.text, caplog.text

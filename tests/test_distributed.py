@@ -331,7 +331,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert out.count("stopped by signal 2 after saving") == 1, out[-3000:]
+    assert out.count("stopped by Ctrl-C (SIGINT) after saving") == 1, out[-3000:]
     saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert saved["step"] > 0 and len(saved["rng"]) == 2
     res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "gantrain", *args,

@@ -458,3 +458,11 @@ def test_long_run_memory_and_event_file_stay_flat(tmp_path, monkeypatch):
     per_point = sorted(deltas)[len(deltas) // 2]
     print(f"event file: {min(deltas)}..{max(deltas)} bytes per log point, {sizes[0]} -> {sizes[-1]} bytes")
     assert sizes[-1] - sizes[0] < (len(sizes) - 1) * per_point + 5 * 200_000  # + 5 curve plots at most
+
+
+def test_a_start_that_fails_before_training_leaves_no_run_directory(tmp_path):
+    """Hydra's default run directory (outputs/<date>/<time>_<model>_<data>) is removed again, and said so."""
+    r = gantrain(*QUICK, "data=folder", cwd=tmp_path)
+    assert "data=folder needs the images' location" in error_sentence(r)
+    assert re.search(r"no run directory was left \(outputs/[\d-]+/[\d-]+_gan_folder removed", r.stdout), r.stdout
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
