@@ -66,6 +66,7 @@ class TrainerConfig:
     channels_last: bool = False
     deterministic: bool = False
     sync_batchnorm: bool = False
+    accumulate: int = 1                 # micro-batches of data.batch_size / K per optimiser step
 
 
 @dataclass
@@ -177,7 +178,7 @@ def _no_added_keys(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks; raises UserError with one sentence."""
     _no_added_keys(cfg)
-    for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices",
+    for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices", "trainer.accumulate",
                 "log.every_n_steps", "log.sample_every_n_steps", "log.num_samples",
                 "ckpt.every_n_steps", "loss.r1_interval", "loss.pl_interval", "model.z_dim", "data.size",
                 "data.num_points", "data.resolution", "data.channels"):
@@ -203,6 +204,10 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 2:
             raise UserError(f"{key}={value} is out of range: it must be at least 2.")
+    k, batch = cfg.trainer.accumulate, cfg.data.batch_size
+    if batch % k:
+        raise UserError(f"data.batch_size={batch} cannot be split into trainer.accumulate={k} equal micro-batches: "
+                        "choose a batch size divisible by trainer.accumulate.")
     if cfg.trainer.sync_batchnorm and cfg.loss.r1_gamma:
         raise UserError("trainer.sync_batchnorm=true cannot be combined with R1 (loss.r1_gamma>0): PyTorch's "
                         "SyncBatchNorm has no second derivative; set one of them off.")

@@ -9,6 +9,11 @@ Used by the training loop and by the benchmark's ceiling, so both time exactly t
 With ``augment`` (gantrain/augment.py) every image D sees goes through it first: reals and fakes of the D
 step, the G step's fakes, and R1's reals (the gradient is taken w.r.t. the un-augmented reals, as in
 StyleGAN2-ADA). ``d_params``: the D weights that train (all of them, or those FreezeD leaves free).
+
+With ``accumulate`` K > 1 (``trainer.accumulate``) each step splits its batch into K equal micro-batches,
+back-propagates each one's loss / K (R1 and the gradient penalty included, on that micro-batch) and steps
+the optimiser once: the gradient of the mean loss over the whole batch, with 1/K of the activations alive.
+Under DDP the gradients are all-reduced after the last micro-batch only (``no_sync`` before).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Trainee:
     skipped: torch.Tensor = field(default_factory=lambda: torch.zeros(2))  # fp16 skips of G, D
     augment: Augment | None = None
     d_params: list[nn.Parameter] | None = None  # None: all of D's
+    accumulate: int = 1  # micro-batches per optimiser step (trainer.accumulate)
 
 
 def _seen(t: Trainee, x: torch.Tensor) -> torch.Tensor:
@@ -68,26 +74,43 @@ def _seen(t: Trainee, x: torch.Tensor) -> torch.Tensor:
     return x if t.augment is None else t.augment(x)
 
 
+def _micro(t: Trainee, net: nn.Module, *tensors: torch.Tensor):
+    """(no_sync or nullcontext, chunks) for each of the K micro-batches of ``tensors``: DDP all-reduces the
+    gradients only on the last one."""
+    k = t.accumulate
+    chunks = list(zip(*(x.chunk(k) for x in tensors)))
+    no_sync = getattr(net, "no_sync", nullcontext)
+    return [(no_sync if i < k - 1 else nullcontext, c) for i, c in enumerate(chunks)]
+
+
 def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
     """One D step; returns (loss_D, D(real), D(fake)) as tensors (nothing is read back). ``loss_D`` is the
     GAN loss without the lazy R1 term, so the logged curve does not jump on the steps R1 is due."""
     for p in t.D.parameters() if t.d_params is None else t.d_params:
         p.requires_grad_(True)
-    with t.autocast():
-        with torch.no_grad():
-            fake = t.G_run(z)
-        d_real, d_fake = t.D_learn(_seen(t, real)), t.D_learn(_seen(t, fake))
-        loss_D = t.loss.d_loss(d_real, d_fake)
+    critic = t.D if t.augment is None else lambda x: t.D(t.augment(x))  # the regularisers see what D sees
+    t.opt_D.zero_grad(set_to_none=True)
+    losses, reals, fakes = [], [], []
+    for sync, (real_k, z_k) in _micro(t, t.D_learn, real, z):
+        with sync():
+            with t.autocast():
+                with torch.no_grad():
+                    fake = t.G_run(z_k)
+                d_real, d_fake = t.D_learn(_seen(t, real_k)), t.D_learn(_seen(t, fake))
+                loss_D = t.loss.d_loss(d_real, d_fake)
+            objective = loss_D
+            if t.loss.r1_due(d_index):
+                objective = loss_D + t.loss.r1(critic, real_k)
+            if t.loss.gp_weight:  # WGAN-GP's penalty on interpolates, every D step
+                objective = objective + t.loss.gradient_penalty(critic, real_k, fake)
+            t.scaler_D.scale(objective / t.accumulate if t.accumulate > 1 else objective).backward()
+        losses.append(loss_D.detach())
+        reals.append(d_real.detach())
+        fakes.append(d_fake.detach())
+    if t.accumulate > 1:
+        loss_D, d_real, d_fake = torch.stack(losses).mean(), torch.cat(reals), torch.cat(fakes)
     if t.augment is not None:
         t.augment.observe(d_real, d_index)
-    critic = t.D if t.augment is None else lambda x: t.D(t.augment(x))  # the regularisers see what D sees
-    objective = loss_D
-    if t.loss.r1_due(d_index):
-        objective = loss_D + t.loss.r1(critic, real)
-    if t.loss.gp_weight:  # WGAN-GP's penalty on interpolates, every D step
-        objective = objective + t.loss.gradient_penalty(critic, real, fake)
-    t.opt_D.zero_grad(set_to_none=True)
-    t.scaler_D.scale(objective).backward()
     t.scaler_D.step(t.opt_D)
     update_counting_skips(t.scaler_D, t.skipped[1])
     return loss_D, d_real, d_fake
@@ -96,10 +119,14 @@ def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
 def g_step(t: Trainee, z: torch.Tensor) -> torch.Tensor:
     """One G step; returns loss_G. D is frozen and called plain: no gradients reach its weights."""
     t.D.requires_grad_(False)
-    with t.autocast():
-        loss_G = t.loss.g_loss(t.D_run(_seen(t, t.G_learn(z))))
     t.opt_G.zero_grad(set_to_none=True)
-    t.scaler_G.scale(loss_G).backward()
+    losses = []
+    for sync, (z_k,) in _micro(t, t.G_learn, z):
+        with sync():
+            with t.autocast():
+                loss_G = t.loss.g_loss(t.D_run(_seen(t, t.G_learn(z_k))))
+            t.scaler_G.scale(loss_G / t.accumulate if t.accumulate > 1 else loss_G).backward()
+        losses.append(loss_G.detach())
     t.scaler_G.step(t.opt_G)
     update_counting_skips(t.scaler_G, t.skipped[0])
-    return loss_G
+    return torch.stack(losses).mean() if t.accumulate > 1 else loss_G

@@ -163,7 +163,8 @@ def build_trainee(cfg: DictConfig, G: torch.nn.Module, D: torch.nn.Module, views
                    torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16),
                    (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext,
                    skipped=torch.zeros(2, device=device),  # fp16 steps skipped (G, D) since the last log
-                   augment=augment, d_params=[p for p in D.parameters() if p.requires_grad])
+                   augment=augment, d_params=[p for p in D.parameters() if p.requires_grad],
+                   accumulate=cfg.trainer.accumulate)
 
 
 class EMA:
