@@ -3,6 +3,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 # torch/torchvision wheels: override for another platform, e.g. make install TORCH="torch torchvision"
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
+# where pip finds them: e.g. make install TORCH_INDEX=https://download.pytorch.org/whl/cpu (CPU-only build,
+# a fraction of the CUDA build's size); empty: PyPI (on Linux the CUDA build)
+TORCH_INDEX ?=
 ARGS    ?=
 PYTEST_ARGS ?=
 
@@ -12,8 +15,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,cluster,export]'
+	$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
+	$(PY) -m pip install -e '.[dev,cluster,export]'
 	touch $@
 
 train: install                       ## default run: MLP GAN on the built-in sine curves

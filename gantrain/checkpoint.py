@@ -165,7 +165,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Load a checkpoint safely; every problem becomes a UserError with one sentence."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist: check the path (or use resume=auto).")
+        raise UserError(f"checkpoint {path} does not exist: check the path.")
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder: give the .pt file, e.g. {path}/checkpoints/last.pt.")
     if path.stat().st_size == 0:

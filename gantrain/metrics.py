@@ -34,6 +34,7 @@ with ``torch.load(weights_only=True)``; a file lock keeps parallel sweep jobs fr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -71,7 +72,18 @@ RANDCNN_VERSION = 2
 
 
 class MetricUnavailable(Exception):
-    """A metric's requirements (the Inception weights) cannot be met here; the message says why."""
+    """A metric's requirements (the Inception weights) cannot be met here; the message says why.
+    ``repeated``: this process was told so before (a sweep's later jobs): not warned about again."""
+
+    def __init__(self, message: str, repeated: bool = False):
+        super().__init__(message)
+        self.repeated = repeated
+
+
+def _unavailable(e: MetricUnavailable, message: str, *args) -> None:
+    """The warning for a metric that cannot be computed (``message``'s first %s is ``e``): once per process,
+    a debug line after that."""
+    log.log(logging.DEBUG if getattr(e, "repeated", False) else logging.WARNING, message, e, *args)
 
 
 # =============================================================================================== statistics
@@ -215,11 +227,12 @@ def load_inception(device: torch.device, feature: str = "2048") -> Callable[[tor
     A failure is remembered for the process, so a sweep without network tries once."""
     global _INCEPTION_ERROR
     if _INCEPTION_ERROR is not None:
-        raise MetricUnavailable(_INCEPTION_ERROR)
+        raise MetricUnavailable(_INCEPTION_ERROR, repeated=True)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)      # the weights' download must not hang a run on a black-holed network
     try:
-        return InceptionFeatures(device, feature)
+        with _download_said_by_gantrain():
+            return InceptionFeatures(device, feature)
     except Exception as e:            # ModuleNotFoundError, URLError, HTTPError, a corrupt download ...
         reason = str(getattr(e, "reason", None) or e).strip() or type(e).__name__
         _INCEPTION_ERROR = (f"the Inception weights for FID/KID are not available ({type(e).__name__}: "
@@ -227,6 +240,30 @@ def load_inception(device: torch.device, feature: str = "2048") -> Callable[[tor
         raise MetricUnavailable(_INCEPTION_ERROR) from e
     finally:
         socket.setdefaulttimeout(old_timeout)
+
+
+@contextlib.contextmanager
+def _download_said_by_gantrain():
+    """torch.hub's raw 'Downloading: "https://..." to ...' line (torch-fidelity sends it to stderr) is said in
+    gantrain's words instead; the download's progress bar still shows."""
+    import sys
+
+    class Quiet:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, text: str) -> int:
+            if text.startswith('Downloading: "'):
+                log.info("metrics: downloading the Inception-v3 weights for FID/KID (about 100 MB, once: they are "
+                         "kept in torch's hub cache %s)", torch.hub.get_dir())
+                return len(text)
+            return self.stream.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+    with contextlib.redirect_stdout(Quiet(sys.stdout)), contextlib.redirect_stderr(Quiet(sys.stderr)):
+        yield
 
 
 class RandomCNNFeatures(nn.Module):
@@ -471,7 +508,7 @@ class Evaluator:
                     dropped = [n for n in names if BACKEND_OF[n] == "inception"]
                     names = [n for n in names if BACKEND_OF[n] != "inception"]
                     fallback = [] if (explicit_names or names) else list(BACKENDS["randcnn"])
-                    log.warning("metrics: %s; carrying on without %s%s.", e, "/".join(dropped),
+                    _unavailable(e, "metrics: %s; carrying on without %s%s.", "/".join(dropped),
                                 f" and using the fallback {'/'.join(fallback)} instead" if fallback else "")
                     if fallback:
                         names += fallback
@@ -496,7 +533,7 @@ class Evaluator:
                     if mcfg.required:
                         raise UserError(f"metrics.required=true but {e}: connect to the network once, or drop "
                                         "is from metrics.names.") from None
-                    log.warning("metrics: %s; carrying on without is.", e)
+                    _unavailable(e, "metrics: %s; carrying on without is.")
                     names.remove("is")
         self.names = names
         primary = mcfg.primary
@@ -524,7 +561,7 @@ class Evaluator:
             extractor = (RandomCNNFeatures(data.shape[0]).to(self.device) if kind == "randcnn"
                          else load_inception(self.device))
         except MetricUnavailable as e:
-            log.warning("metrics: %s; precision/recall/density/coverage use the random CNN's features.", e)
+            _unavailable(e, "metrics: %s; precision/recall/density/coverage use the random CNN's features.")
             return None
         return FeatureBackend(kind, extractor, real, cache, key, mcfg, self.batch_size)
 

@@ -225,3 +225,22 @@ def test_gantrain_eval_does_not_describe_a_training_schedule(tmp_path, caplog):
                                                         "-n", "32", "--device", "cpu"]))
     assert result["num_samples"] == 32 and "sine_ks" in result["metrics"]
     assert "every" not in caplog.text and "steps" not in caplog.text, caplog.text
+
+
+def test_make_install_shows_pips_progress_and_takes_a_torch_index(tmp_path):
+    """`make -n`: the commands make would run, nothing installed."""
+    index = "https://download.pytorch.org/whl/cpu"
+    out = subprocess.run(["make", "-n", "install", f"VENV={tmp_path / 'venv'}", f"TORCH_INDEX={index}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    pip = [ln for ln in out.splitlines() if " -m pip install " in ln]
+    assert len(pip) == 2 and not any(" -q" in ln for ln in pip), pip
+    assert f"pip install --index-url {index} torch==" in pip[0] and "--index-url" not in pip[1]
+
+
+def test_gantrain_generate_on_a_missing_checkpoint_does_not_suggest_resume(tmp_path, capsys):
+    from gantrain import generate
+
+    with pytest.raises(SystemExit):
+        generate.main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert "does not exist: check the path" in err and "resume" not in err, err

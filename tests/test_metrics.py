@@ -356,3 +356,29 @@ def test_image_metrics_keep_the_training_rng_stream(tmp_path, image_folder):
     on = torch.load(tmp_path / "on" / "checkpoints" / "last.pt", weights_only=True)["G"]
     off = torch.load(tmp_path / "off" / "checkpoints" / "last.pt", weights_only=True)["G"]
     assert all(torch.equal(v, off[k]) for k, v in on.items())
+
+
+def test_offline_inception_is_said_once_per_process_in_gantrains_words(tmp_path, data_cfg, faces, monkeypatch,
+                                                                        capsys, caplog):
+    """torch.hub's raw 'Downloading: "https://..."' line becomes gantrain's own; the fallback warning is given
+    by the first evaluator of the process only (a sweep's later jobs), not by every job."""
+    import sys
+
+    def no_network(device, feature="2048"):
+        sys.stdout.write('Downloading: "https://example.org/pt_inception.pth" to /nowhere/pt_inception.pth\n')
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(metrics, "_INCEPTION_ERROR", None)
+    monkeypatch.setattr(metrics, "InceptionFeatures", no_network)
+    cfg_data = data_cfg("folder", root=str(faces), resolution=16)
+    data = build_dataset(cfg_data, device=CPU, progress=False)
+    with caplog.at_level(logging.INFO, logger="gantrain.metrics"):
+        for _ in range(2):  # two jobs of a sweep in one process
+            ev = build_evaluator(mcfg(tmp_path, num_samples=HALF), data, cfg_data, CPU)
+            assert ev.names == ["rand_fd", "rand_kid"]
+    out = capsys.readouterr()
+    assert 'Downloading: "' not in out.out + out.err
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("downloading the Inception-v3 weights" in m for m in said) == 1, said
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "rand_fd" in warnings[0], warnings
