@@ -13,13 +13,17 @@ import pickle
 import random
 import re
 import shutil
+import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from gantrain import files
+from gantrain.checkpoint_check import validate
 from gantrain.config import UserError
 
 FORMAT_VERSION = 1
@@ -52,19 +56,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ writing
+RESUME_FIX = "free some space and resume (the previous file is intact)"
+RUN_DIR_FIX = "choose another with hydra.run.dir=PATH"
+
+
 def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Write atomically: a temp file in the same folder, flushed and fsynced, then renamed over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a half-written one.
+    A crash at any moment leaves either the old file or the new one, never a half-written one. The free space
+    is checked first: the tensors' bytes, or the size of the file it replaces when that is larger.
     """
-    write_atomically(Path(path), lambda f: torch.save(obj, f),
-                      lambda: sum(t.numel() * t.element_size() for t in _tensors(obj)))
+    path = Path(path)
+
+    def size() -> int:
+        old = path.stat().st_size if path.is_file() else 0
+        return max(old, sum(t.numel() * t.element_size() for t in _tensors(obj)))
+
+    write_atomically(path, lambda f: torch.save(obj, f), size)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callable[[], int]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callable[[], int],
+                     full_fix: str = RESUME_FIX, unwritable_fix: str = RUN_DIR_FIX) -> None:
     """``write`` into a temp file beside ``path``, fsync, rename over ``path`` (checkpoints, metric caches,
-    gantrain-eval's JSON); ``size()``: the bytes it needs, for the disk-full sentence."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    gantrain-eval's JSON); ``size()``: the bytes it needs (checked before writing, and in the disk-full sentence).
+
+    Any failure of the write (an OSError, or the RuntimeError torch's zip writer raises on a full disk) removes
+    the temp file and becomes one sentence: the disk is full (``full_fix``), the place is not writable
+    (``unwritable_fix``), or the write failed with its reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}): {unwritable_fix}.") from None
+    need = size()
+    files.check_space(path, need, full_fix)
     tmp = _temp_name(path)
     try:
         with open(tmp, "wb") as f:
@@ -72,15 +96,20 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callab
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            need, free = size() / 2**20, shutil.disk_usage(path.parent).free / 2**20
-            raise UserError(f"the disk is full: writing {path} needs about {need:.0f} MiB and {free:.0f} MiB "
-                            f"are free; free some space and resume (the previous file is intact).") from e
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise UserError(f"cannot write {path}: the run directory is not writable; "
-                            "choose another with hydra.run.dir=PATH.") from e
+    except (OSError, RuntimeError) as e:
+        code = getattr(e, "errno", None)
+        free = files.free_bytes(path.parent)  # measured with the partial temp file still there
+        written = tmp.stat().st_size if tmp.exists() else 0
+        files.unlink_quietly(tmp)
+        # torch's zip writer says "unexpected pos" rather than ENOSPC: a failure with (almost) no space left is one
+        if code in (errno.ENOSPC, errno.EDQUOT) or (not isinstance(e, OSError) and free is not None and free < 2**20):
+            raise files.disk_full(path, max(need, written), full_fix) from e
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write {path}: the folder is not writable ({e.strerror}); {unwritable_fix}.") from e
+        detail = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise UserError(f"cannot write {path} ({detail}): {unwritable_fix}.") from e
+    except BaseException:  # Ctrl-C, a bug in ``write``: no temp file left behind
+        files.unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -112,29 +141,17 @@ def _tensors(obj: Any):
 
 def remove_stale_temps(ckpt_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp files (``.NAME.tmpPID``) of writers that no longer run, e.g. a run killed mid-write."""
-    removed = []
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return removed
-    for p in ckpt_dir.iterdir():
-        m = _TEMP.match(p.name)
-        if m is None or _alive(int(m.group(1))):
-            continue
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
+    return files.remove_dead_temps(ckpt_dir, _TEMP)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def periodic_files(ckpt_dir: Path) -> list[Path]:
+    """The ``step_*.pt`` files of ``ckpt_dir``, oldest step first (by the step's number, not the name's text:
+    ``step_10000000.pt`` comes after ``step_9999990.pt``)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
+        found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _PERIODIC.match(p.name))]
+    except OSError:
+        return []
+    return [p for _, p in sorted(found)]
 
 
 def save_periodic(last: Path, step: int, keep: int) -> Path:
@@ -148,15 +165,16 @@ def save_periodic(last: Path, step: int, keep: int) -> Path:
     tmp = _temp_name(path)
     try:
         os.link(last, tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # a no-op when path is already this inode (POSIX): tmp then stays, hence the unlink
+        files.unlink_quietly(tmp)
         _fsync_dir(ckpt_dir)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        files.unlink_quietly(tmp)
         with open(last, "rb") as src:
             write_atomically(path, lambda f: shutil.copyfileobj(src, f), lambda: last.stat().st_size)
-    periodic = sorted(p for p in ckpt_dir.iterdir() if _PERIODIC.match(p.name))
+    periodic = periodic_files(ckpt_dir)
     for old in periodic[: max(0, len(periodic) - keep)]:
-        old.unlink(missing_ok=True)
+        files.unlink_quietly(old)
     return path
 
 
@@ -170,21 +188,34 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise UserError(f"checkpoint {path} is a folder: give the .pt file, e.g. {path}/checkpoints/last.pt.")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes): use an earlier checkpoint from the same folder.")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"checkpoint {path} is damaged or truncated (not a complete PyTorch zip archive, which "
+                        "is what gantrain writes): use an earlier checkpoint from the same folder.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # unknown opcodes: damaged bytes, not a refused object
+            raise UserError(f"checkpoint {path} is damaged (its pickled data is not readable): use an earlier "
+                            "checkpoint from the same folder.") from e
         raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
                         "(it could run code when loaded), so it was not loaded.") from e
     except Exception as e:  # garbage bytes surface as KeyError, IndexError, struct.error, ...
         detail = (str(e).splitlines() or [type(e).__name__])[0][:80]
         raise UserError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {detail}): "
                         "use an earlier checkpoint from the same folder.") from e
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "G" not in ckpt:
-        raise UserError(f"{path} is not a gantrain checkpoint (no format_version / G entries).")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format version {ckpt['format_version']}, newer than this "
-                        f"gantrain understands ({FORMAT_VERSION}): upgrade gantrain.")
+    validate(ckpt, path, FORMAT_VERSION)
     return ckpt
+
+
+@contextmanager
+def restoring(path: str | os.PathLike, field: str):
+    """Loading ``field`` of checkpoint ``path`` into this run's objects: a mismatch becomes one sentence."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise UserError(f"checkpoint {path}: its {field} does not fit this run ({detail}); the file is damaged or "
+                        "was edited: use another checkpoint.") from None
 
 
 def find_latest(run_dir: str | os.PathLike) -> Path | None:
@@ -194,5 +225,5 @@ def find_latest(run_dir: str | os.PathLike) -> Path | None:
         return None
     if (ckpt_dir / "last.pt").is_file():
         return ckpt_dir / "last.pt"
-    periodic = sorted(p for p in ckpt_dir.iterdir() if _PERIODIC.match(p.name))
+    periodic = periodic_files(ckpt_dir)
     return periodic[-1] if periodic else None

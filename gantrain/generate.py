@@ -109,7 +109,7 @@ def load_generator(ckpt: dict[str, Any], device: torch.device) -> tuple[nn.Modul
 def _latents(n: int, z_dim: int, seed: int) -> Iterator[torch.Tensor]:
     """``n`` latents in batches; drawn on the CPU from one generator, so they do not depend on the
     device or on the batch size."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed % 2**64)  # any integer: reduced as torch reduces -1 to 2**64 - 1
     for start in range(0, n, BATCH):
         yield torch.randn(min(BATCH, n - start), z_dim, generator=g)
 

@@ -7,6 +7,7 @@ shows each sweep job as one run. Only rank 0 writes; other ranks get a writer th
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -59,17 +60,51 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread re-raises a failed write (disk full, run directory deleted) and Python prints
+    it as "Exception in thread ..."; the same error reaches the training thread at its next write, where
+    :class:`Summaries` gives its one warning. Such a thread's exception is therefore not printed (others are)."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "gantrain_quiet", False):
+        return
+
+    def hook(args):
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    hook.gantrain_quiet = True
+    threading.excepthook = hook
+
+
 class Summaries:
     """Writes never stop the run: when the event file cannot be written (disk full, ...), one warning says
-    so, summaries are off for the rest of the run, and training and checkpoints go on."""
+    so, summaries are off for the rest of the run, and training and checkpoints go on.
+
+    The event file is created at the first event, so a run with nothing to log (``resume=auto`` of a finished
+    run) adds no empty event file; the HParams entry waits for that first event."""
 
     def __init__(self, log_dir: Path | None, purge_step: int | None = None):
         self.writer = None
-        self.log_dir = log_dir
-        if log_dir is not None:
+        self.log_dir, self.purge_step = log_dir, purge_step
+        self._closed = log_dir is None
+        self._pending: list = []  # HParams summaries for the event file, once it exists
+
+    def _open(self):
+        """The writer, created at the first event; None once summaries are off."""
+        if self.writer is None and not self._closed:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step, flush_secs=30)
+            self._closed = True  # also when creating it fails: one warning, then off
+            with self._guard():
+                _quiet_writer_threads()
+                self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step, flush_secs=30)
+                fw = self.writer._get_file_writer()
+                for summary in self._pending:
+                    fw.add_summary(summary)
+            self._pending = []
+        return self.writer
 
     @contextmanager
     def _guard(self):
@@ -81,21 +116,22 @@ class Summaries:
                         "for the rest of this run, training and checkpoints go on and what was written is kept; "
                         "free some disk space and resume to log again.", self.log_dir, e.strerror or e)
             with suppress(Exception):  # the same failure again; the writer is dropped either way
-                writer.close()
+                if writer is not None:
+                    writer.close()
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        if self.writer:
+        if self._open():
             with self._guard():
                 for tag, v in values.items():
                     self.writer.add_scalar(tag, v, step)
 
     def images(self, tag: str, images: torch.Tensor, step: int, nrow: int | None = None) -> None:
-        if self.writer:
+        if self._open():
             with self._guard():
                 self.writer.add_image(tag, image_grid(images, nrow), step)
 
     def figure(self, tag: str, fig, step: int) -> None:
-        if self.writer:
+        if self._open():
             with self._guard():
                 self.writer.add_figure(tag, fig, step, close=True)
 
@@ -104,14 +140,18 @@ class Summaries:
 
         The dashboard shows, for each metric tag, the latest scalar logged under that tag in this run.
         """
-        if self.writer:
-            from torch.utils.tensorboard.summary import hparams as hparams_summary
+        if self._closed and self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-            exp, ssi, sei = hparams_summary(dict(hparams), {tag: 0.0 for tag in metric_tags})
-            with self._guard():
-                fw = self.writer._get_file_writer()
-                for s in (exp, ssi, sei):
-                    fw.add_summary(s)
+        summaries = hparams_summary(dict(hparams), {tag: 0.0 for tag in metric_tags})
+        if self.writer is None:
+            self._pending = list(summaries)
+            return
+        with self._guard():
+            fw = self.writer._get_file_writer()
+            for s in summaries:
+                fw.add_summary(s)
 
     def flush(self) -> None:
         if self.writer:
@@ -122,4 +162,5 @@ class Summaries:
         if self.writer:
             with self._guard():
                 self.writer.close()
-            self.writer = None
+        self.writer = None
+        self._closed = True

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gantrain import checkpoint, distributed, runs
+from gantrain import checkpoint, distributed, rundir, runs
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
@@ -102,10 +102,16 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
+def torch_seed(seed: int) -> int:
+    """Any integer as a torch seed: modulo 2**64, which is what torch itself does with the seeds it accepts
+    (-1 is 2**64 - 1), so seed=2**70 is reduced deterministically instead of overflowing."""
+    return int(seed) % 2**64
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(torch_seed(seed))
 
 
 def build_network(node: DictConfig, name: str, shape: tuple[int, ...]) -> torch.nn.Module:
@@ -238,8 +244,14 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     """Train as ``cfg`` says, writing into ``out_dir``; returns the final value of the primary metric.
 
     ``on_phase(step, "step")`` is called as step ``step`` starts and ``on_phase(step, "periodic")`` as its
-    logs, grids and checkpoints start (``python -m gantrain.syncs`` uses it to place host reads)."""
+    logs, grids and checkpoints start (``python -m gantrain.syncs`` uses it to place host reads).
+    The main process holds ``out_dir``'s lock throughout: a second run in the same directory is refused."""
     validate(cfg)
+    with rundir.locked(out_dir, enabled=distributed.is_main()):
+        return _train(cfg, out_dir, on_phase)
+
+
+def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], None] | None) -> float:
     out_dir = Path(out_dir)
     main_proc = distributed.is_main()
     rank, world = distributed.rank(), distributed.world_size()
@@ -275,7 +287,7 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     nets = build_trainee(cfg, G, D, (G_run, D_run, G_learn, D_learn), device)
     opt_G, opt_D, scaler_G, scaler_D = nets.opt_G, nets.opt_D, nets.scaler_G, nets.scaler_D
     z_dim = G.z_dim
-    grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(torch_seed(cfg.seed)))
 
     # ---- resume
     start = 0
@@ -283,20 +295,23 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     if resume_from is not None:
         saved = checkpoint.load(resume_from, map_location="cpu")  # load_state_dict copies onto the device
         check_resumable(saved, cfg, shape)
-        G.load_state_dict(saved["G"])
-        D.load_state_dict(saved["D"])
-        if ema is not None and saved.get("G_ema") is not None:
-            ema.model.load_state_dict(saved["G_ema"])
-        load_optimizer(opt_G, saved["opt_G"])
-        load_optimizer(opt_D, saved["opt_D"])
-        scaler_G.load_state_dict(saved["scaler_G"])
-        scaler_D.load_state_dict(saved["scaler_D"])
-        if nets.augment is not None and saved.get("augment") is not None:
-            nets.augment.load_state_dict(saved["augment"])  # ADA's p and its r_t sums
+        restoring = functools.partial(checkpoint.restoring, resume_from)  # a mismatch: one sentence naming it
+        for name, target in (("G", G), ("D", D), ("G_ema", ema.model if ema else None), ("opt_G", opt_G),
+                             ("opt_D", opt_D), ("scaler_G", scaler_G), ("scaler_D", scaler_D),
+                             ("augment", nets.augment)):  # augment: ADA's p and its r_t sums
+            with restoring(name):
+                if isinstance(target, torch.optim.Optimizer):
+                    load_optimizer(target, saved[name])
+                elif target is not None and saved.get(name) is not None:
+                    target.load_state_dict(saved[name])
         grid_z = saved["grid_z"].cpu()
+        if grid_z.shape[1] != z_dim:
+            raise UserError(f"checkpoint {resume_from} has a bad grid_z (latents of size {grid_z.shape[1]}, the "
+                            f"generator takes {z_dim}): the file is damaged or was edited; use another checkpoint.")
         start = saved["step"]
         if len(saved["rng"]) == world or rank == 0:  # every rank's RNG streams were saved
-            checkpoint.set_rng_state(saved["rng"][rank])
+            with restoring("rng"):
+                checkpoint.set_rng_state(saved["rng"][rank])
         else:  # written by another number of processes: rank 0 goes on, the others start new streams
             seed_everything(cfg.seed + rank + 1_000_003 * start)
         if len(saved["rng"]) != world and main_proc:

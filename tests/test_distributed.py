@@ -173,7 +173,8 @@ def test_two_ranks_train_one_model(tmp_path):
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert [f for f in files if "tfevents" in f] == [f for f in files if f.startswith("events.out.tfevents")]
     assert len([f for f in files if "tfevents" in f]) == 1, files  # one writer: rank 0's
-    assert sorted(f for f in files if "tfevents" not in f) == ["checkpoints/last.pt", "checkpoints/step_0000006.pt",
+    assert sorted(f for f in files if "tfevents" not in f) == [".gantrain.lock",  # rank 0's run-directory lock
+                                                                "checkpoints/last.pt", "checkpoints/step_0000006.pt",
                                                                 "checkpoints/step_0000012.pt"]
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
