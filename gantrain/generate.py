@@ -1,6 +1,6 @@
 """``gantrain-generate``: samples from a checkpoint alone (the config travels inside it).
 
-    gantrain-generate CKPT [-n N] [-o OUT] [--seed S] [--truncation PSI] [--interpolate K] [--device D]
+    gantrain-generate CKPT [-n N] [-o OUT] [--seed S] [--truncation PSI] [--interpolate K] [--style-mix ROWS COLS] [--device D]
 
 OUT by extension: ``.png`` a grid (for sine data a plot of the curves), ``.npz`` raw samples
 (``images`` uint8 N,H,W,C or, for sine data, ``curves`` float32 N,L), a directory (a path ending in
