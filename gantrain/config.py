@@ -34,6 +34,7 @@ class DataConfig:
     max_device_bytes: int = 4 * 1024**3    # larger decoded data sets are streamed from the cache
     decode_workers: int = 0                # 0 = one per CPU core
     min_images: int = 1                    # a folder with fewer readable images is refused
+    xflip: bool = False                    # the data set doubled by left-right mirrors (images only)
     # sine
     size: int | None = None
     num_points: int | None = None
@@ -127,6 +128,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     resume: str | None = None
+    init_from: str | None = None   # fine-tuning: G, D, EMA weights of this checkpoint (gantrain/finetune.py)
 
 
 def register() -> None:

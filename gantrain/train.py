@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gantrain import checkpoint, distributed, rundir, runs
+from gantrain import checkpoint, distributed, finetune, rundir, runs
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
@@ -272,6 +272,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     G = build_network(cfg.model.generator, "generator", shape).to(device)
     D = build_network(cfg.model.discriminator, "discriminator", shape).to(device)
     check_discriminator(cfg.loss, D)  # WGAN-GP: no BatchNorm in the critic
+    finetune.freeze_d(D, cfg.model.get("freeze_d") or 0, cfg.model.name)  # FreezeD: before DDP wraps D
     channels_last = cfg.trainer.channels_last and len(shape) == 3
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
@@ -319,6 +320,9 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                         "ranks > 0 start afresh (training goes on; not bit-identical to an uninterrupted run)",
                         len(saved["rng"]), world)
         log.info("resumed from %s at step %d", resume_from, start)
+    elif cfg.init_from:  # fine-tuning: trained weights, this run's step, optimisers and seed
+        finetune.init_from(cfg.init_from, cfg, shape, G, D, ema)
+        log.info("fine-tuning the weights of %s", cfg.init_from)
     grid_z = grid_z.to(device)
 
     def state(step: int, rng: list[dict[str, Any]]) -> dict[str, Any]:

@@ -39,6 +39,9 @@ def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 
     device = torch.device(device)
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size)
     if name == "sine":
+        if cfg_data.get("xflip"):
+            raise UserError("data.xflip=true mirrors images, but sine curves are not images: remove data.xflip "
+                            "for data=sine.")
         ds = SineDataset(cfg_data, **common)
     elif name in ("mnist", "fashion_mnist"):
         ds = images.build_mnist(cfg_data, resolution=resolution, **common)

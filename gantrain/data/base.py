@@ -9,6 +9,9 @@
 * rank ``r`` takes ``perm[r::world_size]`` cut to ``num_examples = total // world_size`` items,
   so ranks see disjoint shards and the same number of batches.
 
+With ``xflip`` (``data.xflip=true``) the data set has ``2N`` examples: index ``i + N`` is example ``i``
+mirrored left-right (``_mirror``), so an epoch shows every image once each way round.
+
 Resuming at step ``s`` therefore needs no data state. The permutation of the current epoch is
 cached (on the device for device-resident data); ``batch`` never synchronises host and device.
 """
@@ -48,13 +51,15 @@ class Dataset:
     name: str
 
     def __init__(self, *, name: str, kind: str, shape: tuple[int, ...], total: int, device: torch.device,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, xflip: bool = False) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
         self.name = name
         self.kind = kind
         self.shape = tuple(int(s) for s in shape)
-        self.total = int(total)                  # examples in the whole data set (all ranks)
+        self.stored = int(total)                 # examples stored (the mirrored half is made on the fly)
+        self.xflip = bool(xflip)
+        self.total = self.stored * (2 if self.xflip else 1)  # examples in the whole data set (all ranks)
         self.device = torch.device(device)
         self.seed = int(seed)
         self.rank = int(rank)
@@ -123,6 +128,13 @@ class Dataset:
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:   # idx: int64 on self.device
         raise NotImplementedError
 
+    def _mirror(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``x`` (gathered at ``idx % stored``) with the examples of the second half mirrored left-right."""
+        if not self.xflip:
+            return x
+        flip = (idx >= self.stored).view(-1, *[1] * (x.dim() - 1))
+        return torch.where(flip, x.flip(-1), x)
+
     def __len__(self) -> int:
         return self.num_examples
 
@@ -140,10 +152,9 @@ class TensorDataset(Dataset):
         self.data = data.to(self.device)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        x = torch.index_select(self.data, 0, idx)
-        if x.dtype == torch.uint8:
-            return uint8_to_float(x)
-        return x.float()
+        x = torch.index_select(self.data, 0, idx % self.stored if self.xflip else idx)
+        x = uint8_to_float(x) if x.dtype == torch.uint8 else x.float()
+        return self._mirror(x, idx)
 
     def close(self) -> None:
         super().close()

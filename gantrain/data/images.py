@@ -86,10 +86,13 @@ class StreamingImageDataset(Dataset):
         self._pending = None     # ((step, batch_size), Future)
 
     def _read(self, idx: np.ndarray) -> torch.Tensor:
-        order = np.argsort(idx, kind="stable")               # read the file in order
-        rows = self.array[idx[order]]
+        stored = idx % self.stored                           # data.xflip: the second half is mirrored
+        order = np.argsort(stored, kind="stable")            # read the file in order
+        rows = self.array[stored[order]]
         out = np.empty_like(rows)
         out[order] = rows
+        if self.xflip:
+            out[idx >= self.stored] = out[idx >= self.stored, :, ::-1]  # (N, H, W, C): mirror W
         t = torch.from_numpy(out)
         return t.pin_memory() if self._pin else t
 
@@ -129,7 +132,8 @@ class StreamingImageDataset(Dataset):
 def make_image_dataset(array: np.ndarray, cfg_data, *, name: str, device: torch.device, seed: int, rank: int,
                        world_size: int) -> Dataset:
     """Device-resident when the decoded bytes fit ``data.max_device_bytes``, else streamed from ``array``."""
-    kw = dict(name=name, device=device, seed=seed, rank=rank, world_size=world_size)
+    kw = dict(name=name, device=device, seed=seed, rank=rank, world_size=world_size,
+              xflip=bool(_cfg(cfg_data, "xflip", False)))
     limit = int(_cfg(cfg_data, "max_device_bytes", 4 * 1024**3))
     if array.nbytes <= limit:
         return TensorDataset(array_to_device(array, device), kind="image", **kw)
