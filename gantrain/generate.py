@@ -334,8 +334,9 @@ def generate(args: argparse.Namespace) -> str:
     video = kind in ("gif", "mp4")
     if kind == "mp4":
         media.need_ffmpeg(args.out)
-    if args.style_mix is not None and kind != "grid":
-        raise UserError("--style-mix writes a figure: use -o something.png.")
+    if args.style_mix is not None and (kind != "grid" or args.n is not None or args.seed is not None):
+        raise UserError("--style-mix writes a figure of the seeds in ROWS and COLS: use -o something.png, without -n "
+                        "or --seed.")
     n = args.n if args.n is not None else (4 if video else 64)
     if n < 1:
         raise UserError(f"-n {n} is out of range: ask for at least one sample.")

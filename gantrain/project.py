@@ -179,13 +179,17 @@ def run(args: argparse.Namespace) -> str:
                         f"model ({ckpt['config']['model'].get('name', type(G).__name__)}) has no w space to "
                         "project into.")
     target = load_target(args.image, G.img_channels, G.resolution, args.resize).to(device)
-    out = Path(args.out).expanduser()
-    check_writable("dir", out, args.out)
     D = None
     if args.feature_weight > 0:
-        D = _build(ckpt["config"]["model"]["discriminator"], shape=tuple(ckpt["data_shape"]))
-        D.load_state_dict(ckpt["D"])
+        try:
+            D = _build(ckpt["config"]["model"]["discriminator"], shape=tuple(ckpt["data_shape"]))
+            D.load_state_dict(ckpt["D"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"the checkpoint's discriminator cannot be rebuilt for the feature distance "
+                            f"({str(e).splitlines()[0][:80]}): pass --feature-weight 0 to use pixel MSE alone.") from None
         D = D.to(device).eval().requires_grad_(False)
+    out = Path(args.out).expanduser()
+    check_writable("dir", out, args.out)
 
     w, maps, frames = project(G, D, target, args.steps, args.w_plus, args.feature_weight, args.seed,
                               progress=sys.stderr.isatty())

@@ -52,6 +52,8 @@ def test_style_mix_bad_input(ckpts, tmp_path, capsys):
                                             tmp_path / "m.png")
     assert "use -o something.png" in fails(capsys, ckpts["stylegan"], "--style-mix", "1", "2", "-o",
                                            tmp_path / "m.npz")
+    assert "without -n" in fails(capsys, ckpts["stylegan"], "--style-mix", "1", "2", "-n", "4", "-o",
+                                 tmp_path / "m.png")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None,

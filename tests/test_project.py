@@ -98,4 +98,10 @@ def test_bad_input_is_one_sentence(ckpts, tmp_path, capsys):
     (tmp_path / "not.png").write_bytes(b"not an image")
     assert "cannot read" in fails(capsys, ckpts["stylegan"], tmp_path / "not.png", "-o", tmp_path / "out")
     assert "at least 1 step" in fails(capsys, ckpts["stylegan"], rgb, "--steps", "0")
+    obj = torch.load(ckpts["stylegan"], weights_only=True)
+    del obj["D"]["fromrgb.weight"]
+    torch.save(obj, tmp_path / "no_d.pt")
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(grey)
+    assert "--feature-weight 0" in fails(capsys, tmp_path / "no_d.pt", grey, "-o", tmp_path / "out")
     assert not (tmp_path / "out").exists()
