@@ -116,7 +116,7 @@ def test_bad_input_is_one_sentence(ckpts, onnx_files, tmp_path, capsys):
     obj = torch.load(ckpts["dcgan"], weights_only=True)
     del obj["config"]["model"]["generator"]
     torch.save(obj, tmp_path / "no_generator.pt")
-    assert "no model.generator" in fails(capsys, tmp_path / "no_generator.pt", "-o", tmp_path / "G.onnx")
+    assert "model.generator" in fails(capsys, tmp_path / "no_generator.pt", "-o", tmp_path / "G.onnx")
     assert "only to StyleGAN" in fails(capsys, ckpts["dcgan"], "-o", tmp_path / "G.onnx", "--truncation", "0.5")
     assert "1-D curves" in fails(capsys, ckpts["gan"], "-o", tmp_path / "G.onnx", "--uint8")
     assert not list(tmp_path.glob("*.onnx"))
