@@ -135,6 +135,9 @@ def main() -> None:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     try:
         _start = runs.prepare(sys.argv[1:])
+    except UserError as e:  # the run's record cannot be read
+        print(f"gantrain: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except Exception as e:  # an override Hydra cannot read: Hydra itself says so below, in one sentence
         if explain(e) is None:
             raise

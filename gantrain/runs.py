@@ -89,6 +89,21 @@ def _from_checkpoint(path: Path) -> tuple[list[str], str] | None:
     return [f"model={saved['model']}", f"data={saved['data']}"], str(path)
 
 
+def _read_record(path: Path) -> list[str]:
+    from gantrain.config import UserError
+
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+        if not isinstance(overrides, list):
+            raise ValueError("not a list of overrides")
+        _parse([str(o) for o in overrides])
+    except Exception as e:  # noqa: BLE001 - unreadable, not YAML, not overrides: the same problem for the user
+        raise UserError(f"the run's record {path} cannot be read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''}): restore it, or resume from the "
+                        "checkpoint into a new run directory with resume=PATH and the run's settings.") from None
+    return [str(o) for o in overrides]
+
+
 def _checkpoint_run_dir(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
@@ -121,7 +136,7 @@ def prepare(argv: list[str]) -> Start:
         source = run_dir if resume == "auto" else _checkpoint_run_dir(ckpt)
         history = records(source) if source is not None else []
         if history:
-            found = (yaml.safe_load((history[-1] / "overrides.yaml").read_text()) or []), str(history[-1])
+            found = _read_record(history[-1] / "overrides.yaml"), str(history[-1])
         elif ckpt is not None and ckpt.is_file():
             found = _from_checkpoint(ckpt)
     overrides = given

@@ -165,12 +165,16 @@ def test_resume_from_a_path_and_cfg_job_compose_with_the_runs_record(tmp_path):
 
 def test_a_later_start_in_a_run_directory_records_itself_beside_the_first(tmp_path):
     from gantrain import runs
+    from gantrain.config import UserError
 
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     start = runs.prepare(["seed=2", f"hydra.run.dir={tmp_path / 'run'}"])
     assert start.argv == ["seed=2", f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=.hydra/start-1"]
     assert runs.prepare(["seed=2", f"hydra.run.dir={tmp_path / 'new'}"]).argv[-1] == f"hydra.run.dir={tmp_path / 'new'}"
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- [unclosed\n")  # a damaged record: one sentence
+    with pytest.raises(UserError, match=r"the run's record .*overrides.yaml cannot be read \(ParserError"):
+        runs.prepare(["resume=auto", f"hydra.run.dir={tmp_path / 'run'}"])
 
 
 def test_log_lines_print_above_the_progress_bar(tmp_path):
