@@ -44,7 +44,7 @@ def style_mix(G: nn.Module, rows: list[int], cols: list[int], psi: float | None,
     if not (hasattr(G, "mapping") and hasattr(G, "num_ws")):
         raise UserError("--style-mix needs a generator with a mapping network (StyleGAN); this checkpoint's "
                         "model has no styles to mix.")
-    z = lambda seeds: torch.cat([torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s))
+    z = lambda seeds: torch.cat([torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s % 2**64))
                                  for s in seeds]).to(device)
     psi = 1.0 if psi is None else psi
     zr, zc = z(rows), z(cols)
