@@ -100,6 +100,17 @@ def test_pt2_runs_with_torch_export_alone_truncated_with_metadata(ckpts, tmp_pat
             assert (got - sample(G, z)).abs().max() > 1e-3          # the truncation is in the file
 
 
+def test_noise_none_leaves_the_noise_out(ckpts):
+    G = pytorch_generator(ckpts["stylegan"])
+    for block in G.blocks:                       # make the (2-step, near-zero) noise strengths visible
+        block.conv1.noise.strength.data.fill_(0.5)
+    z = torch.randn(2, G.z_dim)
+    with torch.no_grad():
+        none = export.Exported(G, 0.7, "none", False)(z)
+        assert torch.equal(none, G.synthesis(G.mapping(z, 0.7), noise_mode="none"))
+        assert (none - export.Exported(G, 0.7, "const", False)(z)).abs().max() > 1e-2
+
+
 # -------------------------------------------------------------------------------------- bad input
 def fails(capsys, *args) -> str:
     with pytest.raises(SystemExit) as e:
