@@ -58,6 +58,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     global _job_started
     _job_started = True
     from hydra.types import RunMode
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from gantrain import distributed  # torch is imported only when a job really runs
     from gantrain.train import Interrupted, train
@@ -73,7 +74,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _start.describe()
     try:
         check_writable(out_dir)
-        result = distributed.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
+        with logging_redirect_tqdm():  # log lines print above the progress bars (data decoding, the loop)
+            result = distributed.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
     except UserError as e:
         log.error("%s", e)
         if first_rank:
