@@ -116,6 +116,18 @@ class AugmentConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Health signals and warnings (gantrain/health.py, conf/health/default.yaml)."""
+    enabled: bool = True
+    patience: int = 5                   # D has won: log steps in a row with D/fake below d_fake_below, Loss/G rising
+    d_fake_below: float = 0.05
+    min_diversity: float = 0.05         # collapse: grid std / reals' std below this ...
+    collapse_patience: int = 2          # ... at this many sample grids in a row
+    warmup_steps: int = 100             # ... from this step on
+    min_coverage: float = 0.5           # collapse: class coverage below this fraction of its best
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,6 +138,7 @@ class Config:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     seed: int = 0
     resume: str | None = None
     init_from: str | None = None   # fine-tuning: G, D, EMA weights of this checkpoint (gantrain/finetune.py)
@@ -182,7 +195,7 @@ def validate(cfg: DictConfig) -> None:
     _no_added_keys(cfg)
     for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices", "trainer.accumulate",
                 "log.every_n_steps", "log.sample_every_n_steps", "log.num_samples",
-                "ckpt.every_n_steps", "loss.r1_interval", "loss.pl_interval", "model.z_dim", "data.size",
+                "ckpt.every_n_steps", "health.patience", "health.collapse_patience", "loss.r1_interval", "loss.pl_interval", "model.z_dim", "data.size",
                 "data.num_points", "data.resolution", "data.channels"):
         _positive(cfg, key)
     for key in ("ckpt.keep", "loss.r1_gamma", "loss.gp_weight", "loss.pl_weight", "loss.pl_decay", "loss.label_smoothing", "loss.label_noise", "data.noise"):

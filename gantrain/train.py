@@ -33,6 +33,7 @@ from gantrain import checkpoint, distributed, finetune, rundir, runs
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
+from gantrain.health import build_health
 from gantrain.losses import GANLoss, check_discriminator
 from gantrain.metrics import build_evaluator
 from gantrain.models import sample
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 # keys that may differ between a checkpoint and the run that resumes it
 RESUME_SAFE = ("trainer.max_steps", "trainer.device", "trainer.compile", "trainer.devices", "log.", "ckpt.",
                "resume", "metrics.", "data.root", "data.download", "data.cache_dir", "data.decode_workers",
-               "data.max_device_bytes")
+               "data.max_device_bytes", "health.")
 
 
 class Interrupted(Exception):
@@ -289,6 +290,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     opt_G, opt_D, scaler_G, scaler_D = nets.opt_G, nets.opt_D, nets.scaler_G, nets.scaler_D
     z_dim = G.z_dim
     grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(torch_seed(cfg.seed)))
+    health = build_health(cfg.health, data, cfg.log.num_samples, out_dir / "checkpoints", main_proc)  # Health/*
 
     # ---- resume
     start = 0
@@ -299,7 +301,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         restoring = functools.partial(checkpoint.restoring, resume_from)  # a mismatch: one sentence naming it
         for name, target in (("G", G), ("D", D), ("G_ema", ema.model if ema else None), ("opt_G", opt_G),
                              ("opt_D", opt_D), ("scaler_G", scaler_G), ("scaler_D", scaler_D),
-                             ("augment", nets.augment)):  # augment: ADA's p and its r_t sums
+                             ("augment", nets.augment), ("health", health)):  # augment: ADA's p and its r_t sums
             with restoring(name):
                 if isinstance(target, torch.optim.Optimizer):
                     load_optimizer(target, saved[name])
@@ -334,6 +336,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
             "grid_z": grid_z.cpu(), "rng": rng,
             "augment": nets.augment.state_dict() if nets.augment is not None else None,
+            "health": health.state_dict() if health is not None else None,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "overrides": runs.task_overrides(),  # how the run was started (resume=PATH composes with them)
         }
@@ -386,6 +389,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                 tb.figure("samples", curves_figure(fake, data.real_samples(16), getattr(data, "x", None)), step)
             else:
                 tb.images("samples", fake, step)
+            if health is not None:
+                health.grid(step, fake)
             if getattr(net, "supports_truncation", False):  # StyleGAN: style mixing and truncation
                 from gantrain.models.stylegan import style_mixing_images, truncation_strip
 
@@ -450,6 +455,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                     final = values
                     tb.scalars({**values, "Perf/images_per_sec": ips, "LR/G": opt_G.param_groups[0]["lr"],
                                 "LR/D": opt_D.param_groups[0]["lr"]}, step)
+                    if health is not None:  # Health/* and its warnings (gantrain/health.py)
+                        tb.scalars(health.check(step, values), step)
                     if amp_dtype == torch.float16:  # skipped steps (inf/NaN gradients) are normal under fp16
                         skipped_G, skipped_D = nets.skipped.tolist()
                         nets.skipped.zero_()
@@ -464,7 +471,9 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                 if step % cfg.log.sample_every_n_steps == 0 or step == cfg.trainer.max_steps:
                     log_samples(step)
                 if evaluator and evaluator.due(step, cfg.trainer.max_steps):
-                    distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
+                    scores = distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
+                    if health is not None and scores:
+                        health.metrics(scores)
                 if step % cfg.ckpt.every_n_steps == 0:
                     save(step, periodic=True)
             if saved_step != step:  # not saved at this step already (by the periodic save)

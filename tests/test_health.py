@@ -1,0 +1,74 @@
+"""Health/* signals and warnings: a D that wins and a generator that collapses warn; the default run does not."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gantrain import distributed
+from gantrain.train import train
+from tests.utils import FAST, make_cfg, tiny
+
+TINY = [*tiny("gan"), *FAST, "model.ema_kimg=null", "data.batch_size=32", "log.every_n_steps=10",
+        "log.sample_every_n_steps=10"]
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gantrain.health" and r.levelno >= logging.WARNING]
+
+
+def test_a_discriminator_with_100x_the_learning_rate_on_a_tiny_set_has_won(tmp_path, caplog):
+    """D lr 0.02 (100x the default) on 128 curves: D/fake goes to ~0.005 while Loss/G climbs; warned once."""
+    caplog.set_level(logging.WARNING)
+    train(make_cfg(*TINY, "data.size=128", "optim.discriminator.lr=0.02", "trainer.max_steps=150"), tmp_path)
+    won = [m for m in _warnings(caplog) if "D has won" in m]
+    assert len(won) == 1, _warnings(caplog)
+    assert "optim.discriminator.lr" in won[0] and "augment=ada" in won[0] and "r1_gamma" in won[0]
+    tags = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
+    assert {"Health/rt", "Health/gap", "Health/diversity"} <= set(tags)
+    # health=off: the same run is silent and writes no Health/*
+    caplog.clear()
+    train(make_cfg(*TINY, "data.size=128", "optim.discriminator.lr=0.02", "trainer.max_steps=150", "health=off"),
+          tmp_path / "off")
+    assert not _warnings(caplog)
+    assert not [t for t in EventAccumulator(str(tmp_path / "off")).Reload().Tags()["scalars"] if "Health" in t]
+
+
+def test_a_collapsed_generator_warns_and_names_the_last_healthy_checkpoint(tmp_path, caplog, monkeypatch):
+    """From step 125 on, G's input layer is zeroed before every step: every latent gives the same curve (the
+    extreme of mode collapse). The grids of steps 130 and 140 are collapsed, so the log step 150 warns, naming
+    the newest checkpoint at or before the last healthy log step (130): step_0000120.pt."""
+    caplog.set_level(logging.WARNING)
+    captured = {}
+    real = distributed.training_views
+
+    def spy(G, D, *args, **kwargs):
+        captured["G"] = G
+        return real(G, D, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "training_views", spy)
+
+    def on_phase(step, phase):
+        if phase == "step" and step > 125:
+            with torch.no_grad():
+                first = next(m for m in captured["G"].modules() if isinstance(m, torch.nn.Linear))
+                first.weight.zero_()
+
+    cfg = make_cfg(*TINY, "trainer.max_steps=160", "ckpt.every_n_steps=40", "ckpt.keep=5")
+    train(cfg, tmp_path, on_phase=on_phase)
+    collapse = [m for m in _warnings(caplog) if "collapse" in m]
+    assert len(collapse) == 1, _warnings(caplog)
+    assert "step 150:" in collapse[0] and "step_0000120.pt" in collapse[0], collapse[0]
+    assert not [m for m in _warnings(caplog) if "D has won" in m]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_run_is_healthy(tmp_path, caplog, seed):
+    """`gantrain` as it comes (the MLP GAN on sine curves), shortened: no warning, for three seeds."""
+    caplog.set_level(logging.WARNING)
+    train(make_cfg(*FAST, f"seed={seed}", "trainer.max_steps=200", "log.every_n_steps=10",
+                   "log.sample_every_n_steps=20"), tmp_path)
+    assert not _warnings(caplog)
