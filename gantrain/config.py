@@ -68,6 +68,7 @@ class TrainerConfig:
     deterministic: bool = False
     sync_batchnorm: bool = False
     accumulate: int = 1                 # micro-batches of data.batch_size / K per optimiser step
+    early_stop: int | None = None       # stop after N evaluations in a row without a better metrics.primary
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _no_added_keys(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks; raises UserError with one sentence."""
     _no_added_keys(cfg)
-    for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices", "trainer.accumulate",
+    for key in ("data.batch_size", "trainer.max_steps", "trainer.d_steps", "trainer.devices", "trainer.accumulate", "trainer.early_stop",
                 "log.every_n_steps", "log.sample_every_n_steps", "log.num_samples",
                 "ckpt.every_n_steps", "health.patience", "health.collapse_patience", "loss.r1_interval", "loss.pl_interval", "model.z_dim", "data.size",
                 "data.num_points", "data.resolution", "data.channels"):

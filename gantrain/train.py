@@ -33,6 +33,7 @@ from gantrain import checkpoint, distributed, finetune, rundir, runs
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
+from gantrain.early_stop import EarlyStop
 from gantrain.health import build_health
 from gantrain.losses import GANLoss, check_discriminator
 from gantrain.metrics import build_evaluator
@@ -284,6 +285,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
 
     # ---- sample-quality metrics: real-data side built now, so metrics.required=true fails before training
     evaluator = distributed.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
+    early = EarlyStop.build(cfg.trainer, evaluator)  # trainer.early_stop=N (gantrain/early_stop.py)
 
     # ---- loss and optimisers
     nets = build_trainee(cfg, G, D, (G_run, D_run, G_learn, D_learn), device)
@@ -307,6 +309,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                     load_optimizer(target, saved[name])
                 elif target is not None and saved.get(name) is not None:
                     target.load_state_dict(saved[name])
+        if early is not None:
+            early.load_state_dict(saved.get("early_stop"))
         grid_z = saved["grid_z"].cpu()
         if grid_z.shape[1] != z_dim:
             raise UserError(f"checkpoint {resume_from} has a bad grid_z (latents of size {grid_z.shape[1]}, the "
@@ -337,6 +341,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             "grid_z": grid_z.cpu(), "rng": rng,
             "augment": nets.augment.state_dict() if nets.augment is not None else None,
             "health": health.state_dict() if health is not None else None,
+            "early_stop": early.state_dict() if early is not None else None,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "overrides": runs.task_overrides(),  # how the run was started (resume=PATH composes with them)
         }
@@ -472,6 +477,10 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                     log_samples(step)
                 if evaluator and evaluator.due(step, cfg.trainer.max_steps):
                     scores = distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
+                    if early is not None and early.update(evaluator.primary_value, step):  # every rank alike
+                        if main_proc:
+                            log.info("%s", early.reason(step))
+                        break
                     if health is not None and scores:
                         health.metrics(scores)
                 if step % cfg.ckpt.every_n_steps == 0:
