@@ -130,15 +130,27 @@ def measure_loop(overrides: list[str], out: Path, steps: int) -> float:
     return sum(images) / sum(n / b.value for n, (a, b) in zip(images, pairs))
 
 
-def measure_ceiling(cfg, device, seconds: float) -> float:
+def ceiling_setup(cfg, device):
     from gantrain.data import build_dataset
 
     res = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
     data = build_dataset(cfg.data, device=device, resolution=res, progress=False)
-    nets = Networks(cfg, tuple(data.shape), device)
-    real = data.batch(0, cfg.data.batch_size)
+    return Networks(cfg, tuple(data.shape), device), data.batch(0, cfg.data.batch_size)
+
+
+def measure_ceiling(cfg, device, seconds: float) -> float:
+    nets, real = ceiling_setup(cfg, device)
     n, dt = timed_steps(lambda: nets.step(real), device, seconds)
     return n * cfg.data.batch_size / dt
+
+
+def measure_flops(overrides: list[str], device) -> float:
+    """Model FLOPs per image of one training step (gantrain/flops.py), counted on the eager networks."""
+    from gantrain.flops import step_flops_per_image
+
+    cfg = compose([*overrides, "trainer.compile=false"])
+    nets, real = ceiling_setup(cfg, device)
+    return step_flops_per_image(nets, real, cfg.loss.r1_interval if cfg.loss.get("r1_gamma") else 0)
 
 
 def torchvision_loader(cfg, root: Path, device):
@@ -242,10 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="name of the docs/BENCHMARKS.md section to (re)write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from gantrain.flops import gemm_peak
     from gantrain.train import configure_backends, select_device
 
     device = select_device(args.device)
     configure_backends(device, deterministic=False)  # as train() sets them, before the first ceiling
+    args.peak = gemm_peak(device, args.precision)  # the device's FLOP/s for this precision, timed now
+    print(f"peak: {args.peak / 1e9:.0f} GFLOP/s ({args.precision} matrix product)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="gantrain-bench-"))
     root = Path(args.data_root) if args.data_root else tmp / "data"
     if not args.data_root:
@@ -268,12 +283,13 @@ def main(argv: list[str] | None = None) -> None:
         loop = measure_loop(overrides, tmp / "run", steps)
         ceiling = (ceiling_before + measure_ceiling(cfg, device, args.seconds / 2)) / 2
         baseline = measure_baseline(overrides, root, device, args.seconds)
+        flops = measure_flops(overrides, device)
         peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        rows.append((name, cfg.data.batch_size, loop, ceiling, baseline, peak))
+        rows.append((name, cfg.data.batch_size, loop, ceiling, baseline, peak, flops))
         print(f"{name:16s} loop {loop:8.1f} img/s  ceiling {ceiling:8.1f}  baseline {baseline:8.1f}  "
-              f"loop/ceiling {loop / ceiling:.2f}  loop/baseline {loop / baseline:.2f}  peak {peak:.0f} MiB",
-              flush=True)
+              f"loop/ceiling {loop / ceiling:.2f}  loop/baseline {loop / baseline:.2f}  peak {peak:.0f} MiB  "
+              f"{flops / 1e9:.3f} GFLOP/img  {loop * flops / args.peak:.1%} of peak", flush=True)
     folder = measure_folder_epochs(root, device) if "dcgan-celeba64" in args.cases else None
     table = render(rows, folder, device, args, sys.argv if argv is None else ["python -m gantrain.bench", *argv])
     print(table)
@@ -288,12 +304,17 @@ def render(rows, folder, device, args, argv) -> str:
     mem = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
     lines = [f"Device: {dev}; torch {torch.__version__}, Python {platform.python_version()}, "
              f"precision {args.precision}; {time.strftime('%Y-%m-%d')}.",
-             f"Command: `{' '.join(['python -m gantrain.bench', *argv[1:]])}`", "",
-             f"| case | batch | loop img/s | ceiling img/s | baseline img/s | loop/ceiling | loop/baseline | {mem} |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, b, loop, ceil, base, peak in rows:
+             f"Command: `{' '.join(['python -m gantrain.bench', *argv[1:]])}`",
+             f"Peak: {args.peak / 1e9:.0f} GFLOP/s, a {'8192' if device.type == 'cuda' else '2048'}² matrix product "
+             f"in precision {args.precision}, timed at the start; model FLOPs counted by FlopCounterMode "
+             "(matrix products and convolutions of a D + G step, forward and backward; gantrain/flops.py).", "",
+             f"| case | batch | loop img/s | ceiling img/s | baseline img/s | loop/ceiling | loop/baseline | {mem} "
+             "| GFLOP/img | loop GFLOP/s | of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, b, loop, ceil, base, peak, flops in rows:
         lines.append(f"| {name} | {b} | {loop:.0f} | {ceil:.0f} | {base:.0f} | {loop / ceil:.2f} | "
-                     f"{loop / base:.2f} | {peak:.0f} |")
+                     f"{loop / base:.2f} | {peak:.0f} | {flops / 1e9:.3f} | {loop * flops / 1e9:.0f} | "
+                     f"{loop * flops / args.peak:.1%} |")
     if folder:
         lines += ["", "CelebA-style JPEG folder (178x218 JPEGs -> 64x64), data path only, images/s:", "",
                   "| | first epoch | later epochs |", "|---|---|---|",

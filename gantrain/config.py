@@ -150,7 +150,7 @@ def register() -> None:
 
 
 LOSSES = ("nonsaturating", "minimax", "hinge", "least_squares", "wasserstein")
-PRECISIONS = ("32", "bf16", "16")
+PRECISIONS = ("32", "bf16", "16", "auto")
 
 
 def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
@@ -211,7 +211,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.loss.name not in LOSSES:
         raise UserError(f"loss.name={cfg.loss.name} is unknown: choose one of {', '.join(LOSSES)}.")
     if str(cfg.trainer.precision) not in PRECISIONS:
-        raise UserError(f"trainer.precision={cfg.trainer.precision} is unknown: choose 32, bf16 or 16.")
+        raise UserError(f"trainer.precision={cfg.trainer.precision} is unknown: choose 32, bf16, 16 or auto.")
     if cfg.loss.name in ("hinge", "least_squares", "wasserstein") and (cfg.loss.label_smoothing or cfg.loss.label_noise):
         raise UserError(f"label smoothing and label noise apply to the BCE losses only, not loss={cfg.loss.name}.")
     for key in ("metrics.every_n_steps", "metrics.batch_size", "metrics.classifier_steps", "metrics.kid_subsets", "metrics.prdc_k"):

@@ -400,8 +400,9 @@ def _worker(r: int, n: int, port: int, fn, cfg, out_dir: str, logging_conf: dict
         log.debug("no parent-death signal: %s", e)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r), "WORLD_SIZE": str(n),
                        "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n)})
-    if "OMP_NUM_THREADS" not in os.environ:  # n ranks share the machine's cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    if "OMP_NUM_THREADS" not in os.environ:  # n ranks share the machine's cores (gantrain/threads.py keeps it)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if r == 0 and logging_conf:
         logging.config.dictConfig(logging_conf)
     else:

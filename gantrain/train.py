@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gantrain import checkpoint, distributed, finetune, rundir, runs
+from gantrain import checkpoint, distributed, finetune, rundir, runs, threads
 from gantrain.augment import build_augment
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
@@ -38,6 +38,7 @@ from gantrain.health import build_health
 from gantrain.losses import GANLoss, check_discriminator
 from gantrain.metrics import build_evaluator
 from gantrain.models import sample
+from gantrain.precision import resolve as resolve_precision
 from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
 from gantrain.summaries import Summaries, curves_figure, flatten
 
@@ -260,9 +261,13 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
 
     # ---- setup
     device = select_device(cfg.trainer.device)
+    if str(cfg.trainer.precision) == "auto":  # the choice goes into the config: checkpoint, HParams, resume
+        with open_dict(cfg), read_write(cfg):
+            cfg.trainer.precision = resolve_precision("auto", device)
     amp_dtype = autocast_dtype(cfg.trainer.precision, device)
     seed_everything(cfg.seed + rank)
     configure_backends(device, cfg.trainer.deterministic)
+    core_share = threads.share_cores(device, cfg.trainer.deterministic)  # CPU: this process's share of the cores
 
     # ---- data (real batches already on the device)
     resolution = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
@@ -450,6 +455,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                     values = dict(zip([*metric_tags, "Aug/p"], means.tolist()))
                     now = time.perf_counter()
                     ips = (step - step_last) * batch * cfg.trainer.d_steps * world / (now - t_last)
+                    core_share.at_log(step - step_last)
                     acc.zero_()
                     acc_n, t_last, step_last = 0, now, step
                     if not all(math.isfinite(v) for v in values.values()):
@@ -495,6 +501,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         pbar.close()
         tb.close()
         data.close()
+        core_share.close()
     if evaluator and evaluator.primary_value is not None:
         return float(evaluator.primary_value)
     return float(final.get("Loss/G", float("nan")))

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from gantrain import bench
+from tests.utils import make_cfg
 
 
 def test_bench_runs_a_case_and_prints_the_table(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "bench"))
+    real_mkdtemp = bench.tempfile.mkdtemp  # (multiprocessing's DataLoader workers make and remove their own)
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda prefix=None, **kw: str(tmp_path / "bench")
+                        if prefix == "gantrain-bench-" else real_mkdtemp(prefix=prefix, **kw))
     (tmp_path / "bench").mkdir()
     bench.main(["--device", "cpu", "--cases", "gan-mnist", "--seconds", "0.2", "--loop-steps", "60",
                 "--extra", "data.batch_size=32,log.every_n_steps=10"])
     out = capsys.readouterr().out
     row = next(ln for ln in out.splitlines() if ln.startswith("| gan-mnist | 32 |"))
-    loop, ceiling, baseline, r_ceiling, r_baseline, _peak = (float(v) for v in row.strip("|").split("|")[2:])
+    cells = [v.strip() for v in row.strip("|").split("|")[2:]]
+    loop, ceiling, baseline, r_ceiling, r_baseline, _mem, gflop, achieved = (float(v) for v in cells[:-1])
     assert min(loop, ceiling, baseline) > 0
     assert abs(r_ceiling - loop / ceiling) < 0.01 + 0.005 * r_ceiling
     assert abs(r_baseline - loop / baseline) < 0.01 + 0.005 * r_baseline
+    # the MLP GAN's FLOPs per image, by hand: 3 GEMMs of G and of D, forward (2 flops/MAC) and backward (2x)
+    cfg = make_cfg("model=gan", "data=mnist")
+    g = [cfg.model.z_dim, *cfg.model.generator.hidden, 784]
+    d = [784, *cfg.model.discriminator.hidden, 1]
+    macs = lambda sizes: sum(a * b for a, b in zip(sizes, sizes[1:]))
+    # D step: G forward (no grad); D forward and backward on real and on detached fakes (weight gradients,
+    # input gradients but for the first layer). G step: G forward, D forward, D backward for the input
+    # gradient only (D frozen), G backward (weight gradients, input gradients but for z).
+    d_step = macs(g) + 2 * (macs(d) + macs(d) + macs(d) - d[0] * d[1])
+    g_step = macs(g) + macs(d) + macs(d) + macs(g) + macs(g) - g[0] * g[1]
+    expected = 2 * (d_step + g_step)  # 2 FLOPs per multiply-accumulate
+    assert gflop == pytest.approx(expected / 1e9, rel=0.02)
+    assert achieved == pytest.approx(loop * gflop, rel=0.05, abs=1)
+    assert 0 < float(cells[-1].rstrip("%")) < 100
     assert re.search(r"Command: `python -m gantrain.bench --device cpu --cases gan-mnist .*`", out)
     assert not (tmp_path / "bench").exists()  # the written data is removed
 

@@ -1,0 +1,95 @@
+"""CPU threads (gantrain/threads.py): each run takes cores // (gantrain runs alive), OMP_NUM_THREADS wins, the share
+follows runs that start and end, and a starved run warns once with the fix."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gantrain import threads
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    before = torch.get_num_threads()
+    yield tmp_path / "runs"
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def other_run(registry):
+    """Another live process registered as a gantrain CPU run."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    registry.mkdir(parents=True, exist_ok=True)
+    (registry / str(proc.pid)).touch()
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_run_takes_its_share_and_gets_the_cores_back_when_the_other_ends(registry, other_run):
+    (registry / "999999999").touch()  # a run that died without removing its file: not counted, removed
+    share = threads.CoreShare(torch.device("cpu"), deterministic=False, registry=registry)
+    assert torch.get_num_threads() == 2  # 4 cores, 2 runs
+    assert not (registry / "999999999").exists()
+    other_run.kill()
+    other_run.wait()
+    share.at_log(10)
+    assert torch.get_num_threads() == 4
+    share.close()
+    assert list(registry.iterdir()) == []
+
+
+def test_omp_num_threads_and_deterministic_runs_keep_their_count(registry, other_run, monkeypatch):
+    torch.set_num_threads(3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    share = threads.CoreShare(torch.device("cpu"), deterministic=False, registry=registry)
+    share.at_log(10)
+    assert torch.get_num_threads() == 3 and len(list(registry.iterdir())) == 2  # counted by the others
+    share.close()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    share = threads.CoreShare(torch.device("cpu"), deterministic=True, registry=registry)
+    assert torch.get_num_threads() == 2  # shared at the start ...
+    other_run.kill()
+    other_run.wait()
+    share.at_log(10)
+    assert torch.get_num_threads() == 2  # ... and fixed for the run
+    share.close()
+
+
+def test_a_starved_run_warns_once_with_the_fix(registry, monkeypatch, caplog):
+    clock = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(threads, "_cpu_seconds", lambda: clock["cpu"])
+    share = threads.CoreShare(torch.device("cpu"), deterministic=False, registry=registry)
+    assert torch.get_num_threads() == 4
+
+    def interval(cores_got: float) -> None:
+        clock["wall"] += 10.0
+        clock["cpu"] += 10.0 * cores_got
+        share.at_log(50)
+
+    with caplog.at_level(logging.WARNING, logger="gantrain.threads"):
+        interval(3.5)
+        interval(1.0)  # 1 of 4 threads' worth: starved once, no warning yet
+        assert not caplog.records
+        interval(3.9)  # recovered: the count starts again
+        interval(1.0)
+        interval(1.2)
+        interval(0.5)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "4 CPU threads got 1.2 cores" in message and "OMP_NUM_THREADS=2" in message
+    share.close()
+
+
+def test_nothing_is_shared_on_a_gpu(registry):
+    share = threads.CoreShare(torch.device("cuda", 0), deterministic=False, registry=registry)
+    share.at_log(10)
+    assert not registry.exists() and share.file is None
