@@ -35,6 +35,42 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# the settings people compare across runs, shown in the HParams tab after the ones a sweep varied
+COMPARED = ("model.name", "data.name", "loss.name", "optim.generator.lr", "optim.discriminator.lr", "data.batch_size",
+            "trainer.accumulate", "trainer.devices", "trainer.precision", "augment.name", "seed")
+
+
+def task_overrides(out_dir: str | Path) -> list[str]:
+    """The job's command-line overrides (Hydra's ``overrides.task``; a sweep job's own values), or those Hydra
+    recorded in ``out_dir/.hydra/overrides.yaml`` where this process is not the Hydra job (a spawned rank)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:  # HydraConfig was not set
+        path = Path(out_dir) / ".hydra" / "overrides.yaml"
+        if path.is_file():
+            from omegaconf import OmegaConf
+
+            return [str(o) for o in OmegaConf.load(path)]
+        return []
+
+
+def hparams_view(flat: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The HParams columns: the keys the overrides set (a group such as ``model=dcgan`` shows ``model.name``
+    or the option's name), then :data:`COMPARED`; the rest of the config stays in ``.hydra/``."""
+    out: dict[str, Any] = {}
+    for o in overrides:
+        key, sep, value = o.lstrip("+~").partition("=")
+        if not key or key.split(".")[0] in ("hydra", "resume"):  # not settings of the model or its training
+            continue
+        out[key] = flat.get(key, flat.get(f"{key}.name", value if sep else "null"))
+    for key in COMPARED:
+        if key in flat:
+            out.setdefault(key, flat[key])
+    return out
+
+
 def curves_figure(fake: torch.Tensor, real: torch.Tensor, x: torch.Tensor | None = None, n: int = 16):
     """Generated curves (red) over real ones (grey), as a matplotlib figure (not registered with pyplot: no
     global backend switch, and nothing left open when summaries are off)."""

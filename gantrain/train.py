@@ -40,7 +40,7 @@ from gantrain.metrics import build_evaluator
 from gantrain.models import sample
 from gantrain.precision import resolve as resolve_precision
 from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
-from gantrain.summaries import Summaries, curves_figure, flatten
+from gantrain.summaries import Summaries, curves_figure, flatten, hparams_view, task_overrides
 
 log = logging.getLogger(__name__)
 
@@ -383,8 +383,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     # ---- logging (rank 0 only)
     tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
     metric_tags = ["Loss/D", "Loss/G", "D/real", "D/fake", "D/rt"]  # D/rt: E[sign D(real)], ADA's heuristic
-    tb.hparams(flatten(OmegaConf.to_container(cfg, resolve=True)),
-               metric_tags + (evaluator.tags if evaluator else []))
+    tb.hparams(hparams_view(flatten(OmegaConf.to_container(cfg, resolve=True)), task_overrides(out_dir)),
+               metric_tags + (evaluator.tags if evaluator else []))  # what was swept + COMPARED, final metrics
 
     @torch.no_grad()
     def log_samples(step: int) -> None:
