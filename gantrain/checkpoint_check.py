@@ -67,8 +67,11 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
                "a 2-d float tensor of latents"),
     "rng": (lambda v: isinstance(v, list) and len(v) > 0 and all(_rng_one(s) for s in v),
             "a non-empty list of RNG states, one per process"),
+    "augment": (lambda v: v is None or (isinstance(v, dict) and {"p", "signs"} <= set(v) and all(
+        isinstance(t, torch.Tensor) and t.is_floating_point() for t in v.values())),
+        "null or the augmentation's state (tensors p and signs)"),
 }
-OPTIONAL = {"G_ema": None}
+OPTIONAL = {"G_ema": None, "augment": None}
 
 
 def validate(ckpt: Any, path: Any, newest: int) -> None:

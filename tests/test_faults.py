@@ -126,6 +126,7 @@ FORGED = {  # kind: (edit, the field the sentence must name)
     "wrong_G": (lambda c: c.update(G={k: torch.zeros(3) for k in c["G"]}), "its G does not fit"),
     "empty_G": (lambda c: c.update(G={}), "bad G"),
     "bad_G_ema": (lambda c: c.update(G_ema="weights"), "bad G_ema"),
+    "bad_augment": (lambda c: c.update(augment={"p": 0.5}), "bad augment"),
     "rng_empty": (_rng_empty, "bad rng"),
     "rng_empty_dict": (lambda c: c.update(rng=[{}]), "bad rng"),
     "config_none": (lambda c: c.update(config=None), "bad config"),

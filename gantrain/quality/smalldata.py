@@ -32,7 +32,7 @@ from gantrain.quality import data as qdata
 from gantrain.quality.__main__ import fmt, write_section
 
 SMALL_SEEDS = {"digits-500": 4, "digits-100": 5}
-DCGAN = ["model=dcgan", "model.generator.base_channels=32", "model.discriminator.base_channels=32"]
+DCGAN = ["model=dcgan", "model.generator.base_channels=16", "model.discriminator.base_channels=16"]  # CPU-sized
 VARIANTS = {
     "none": ["augment=none"],
     "ada": ["augment=ada", "augment.ada_kimg=25"],   # p can go 0 -> 1 in 25k images (the paper: 500k)
@@ -112,7 +112,7 @@ def run_finetune(args, root: Path, record) -> None:
     large = ["data=mnist", f"data.root={qdata.digits(root, 'digits-20000', 20000)}"]
     small = ["data=mnist", f"data.root={small_digits(root, 'digits-100')}"]
     keep = [f"ckpt.every_n_steps={min(args.at)}", "ckpt.keep=1000"]
-    pre = root / "pretrained" / f"dcgan32-{args.pre_steps}"
+    pre = root / "pretrained" / f"dcgan16-{args.pre_steps}"
     if not (pre / "checkpoints" / "last.pt").is_file():
         train_run([*large, "seed=100", f"trainer.max_steps={args.pre_steps}", "ckpt.every_n_steps=1000000"], pre)
     record({"bench": "finetune", "variant": "pretrained (digits-20000)", "seed": 100, "step": args.pre_steps,
@@ -121,6 +121,8 @@ def run_finetune(args, root: Path, record) -> None:
             "init_from + freeze_d=1": [f"init_from={pre / 'checkpoints' / 'last.pt'}", "model.freeze_d=1"]}
     for seed in args.seeds:
         for name, extra in runs.items():
+            if args.runs and name not in args.runs:
+                continue
             steps = max(args.at) if name == "scratch" else min(args.at[-1], args.ft_steps)
             out = Path(tempfile.mkdtemp(prefix="gantrain-ft-"))
             try:
@@ -134,7 +136,7 @@ def run_finetune(args, root: Path, record) -> None:
 
 def render(results: list[dict], command: str) -> str:
     lines = [f"Command: `{command}`; {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, CPU, 1 thread. "
-             "DCGAN with base_channels=32, batch 64; classifier_fd against held-out digits (↓ lower is better); "
+             "DCGAN with base_channels=16, batch 64; classifier_fd against held-out digits (↓ lower is better); "
              "mean ± standard deviation over seeds.", ""]
     aug = [r for r in results if r["bench"] == "augment"]
     if aug:
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pre-steps", type=int, default=1500)
     p.add_argument("--ft-steps", type=int, default=300)
     p.add_argument("--at", default="100,300,600,1000,1500", help="finetune: steps scored")
+    p.add_argument("--runs", default="", help="finetune: only these runs (scratch, init_from, ...), comma-separated")
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", default=None, help="append each result as a JSON line to this file")
     p.add_argument("--write", action="store_true", help="write the table into docs/QUALITY.md")
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
+    args.runs = [r for r in args.runs.split(",") if r]
     args.at = sorted(int(s) for s in args.at.split(","))
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
