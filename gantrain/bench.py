@@ -306,7 +306,7 @@ def render(rows, folder, device, args, argv) -> str:
              f"precision {args.precision}; {time.strftime('%Y-%m-%d')}.",
              f"Command: `{' '.join(['python -m gantrain.bench', *argv[1:]])}`",
              f"Peak: {args.peak / 1e9:.0f} GFLOP/s, a {'8192' if device.type == 'cuda' else '2048'}² matrix product "
-             f"in precision {args.precision}, timed at the start; model FLOPs counted by FlopCounterMode "
+             f"in precision {args.precision}, timed at the start; model FLOPs counted by torch.utils.flop_counter "
              "(matrix products and convolutions of a D + G step, forward and backward; gantrain/flops.py).", "",
              f"| case | batch | loop img/s | ceiling img/s | baseline img/s | loop/ceiling | loop/baseline | {mem} "
              "| GFLOP/img | loop GFLOP/s | of peak |",

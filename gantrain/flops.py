@@ -1,7 +1,7 @@
 """How close a model runs to the machine's limit: model FLOPs per image and the device's measured GEMM peak.
 
 * :func:`step_flops_per_image`: the FLOPs of one training step (D step + G step, forward and backward, as
-  ``torch.utils.flop_counter.FlopCounterMode`` counts matrix products and convolutions) per real image shown
+  ``torch.utils.flop_counter`` counts matrix products and convolutions) per real image shown
   to D; a lazy R1 term is counted at its share (one step in ``loss.r1_interval``). Elementwise work
   (activations, normalisation, the optimisers, the EMA) is not counted: model FLOPs, as in MFU figures.
 * :func:`gemm_peak`: FLOP/s of a large square matrix product in the dtype a precision computes in (fp32:
@@ -13,15 +13,33 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 
+class _Counter(TorchDispatchMode):
+    """FlopCounterMode's count (its ``flop_registry``) without its per-module tracker, whose hooks fail on a
+    parameter passed into a module under ``no_grad`` (StyleGAN's constant input in the D step's G forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with _Counter() as counter:
         fn()
-    return counter.get_total_flops()
+    return counter.total
 
 
 def step_flops_per_image(nets, real: torch.Tensor, r1_interval: int = 0) -> float:

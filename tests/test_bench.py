@@ -54,3 +54,18 @@ def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path):
     assert "Intro by hand." in text and "table one" not in text
     assert text.count("<!-- bench:cpu:start -->") == 1 and "table two" in text
     assert "<!-- bench:cpu-stylegan:start -->\nstylegan table\n<!-- bench:cpu-stylegan:end -->" in text
+
+
+def test_stylegan_flops_are_counted_with_r1_at_its_share(mnist_root):
+    """StyleGAN's G forward under no_grad takes a parameter as a module input (FlopCounterMode's module
+    tracker fails there); the lazy R1 term (double backward) adds its FLOPs once per r1_interval steps."""
+    from gantrain.flops import step_flops_per_image
+
+    overrides = ["model=stylegan", "model.z_dim=32", "model.generator.w_dim=32", "model.mapping_layers=2",
+                 "model.channel_base=512", "model.max_channels=32", "data=mnist", f"data.root={mnist_root}",
+                 "data.batch_size=8", "trainer.device=cpu", "metrics.enabled=false"]
+    nets, real = bench.ceiling_setup(make_cfg(*overrides), torch.device("cpu"))
+    plain, every = step_flops_per_image(nets, real, 0), step_flops_per_image(nets, real, 1)
+    assert every > 1.2 * plain > 0
+    interval = make_cfg(*overrides).loss.r1_interval
+    assert bench.measure_flops(overrides, torch.device("cpu")) == pytest.approx(plain + (every - plain) / interval)
