@@ -31,12 +31,20 @@ REGISTRY = Path(tempfile.gettempdir()) / f"gantrain-cpu-runs-{os.getuid() if has
 STARVED = 0.5  # below this share of threads x wall time, twice in a row: the run is oversubscribed
 
 
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under taskset or a container)."""
+def _affinity() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+# torch's own default when nothing set it: one thread per physical core (not per hyperthread)
+_TORCH_DEFAULT = _affinity() if "OMP_NUM_THREADS" in os.environ else torch.get_num_threads()
+
+
+def cores() -> int:
+    """The threads a lone run uses: torch's default (physical cores), within this process's CPU affinity."""
+    return max(1, min(_affinity(), _TORCH_DEFAULT))
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +60,7 @@ def _alive(pid: int) -> bool:
 def live_runs(registry: Path = REGISTRY) -> int:
     """gantrain CPU runs alive on this machine (this one included once registered); stale files are removed."""
     n = 0
-    for f in registry.glob("[0-9]*"):
+    for f in registry.glob("[0-9]*") if registry.is_dir() else ():
         if _alive(int(f.name)):
             n += 1
         else:
@@ -76,10 +84,14 @@ class CoreShare:
         self._mark = (time.perf_counter(), _cpu_seconds())
         if not self.active:
             return
-        registry.mkdir(parents=True, exist_ok=True)
-        self.file = registry / str(os.getpid())
-        self.file.touch()
-        atexit.register(self.close)  # also when train() fails before its loop
+        try:
+            registry.mkdir(parents=True, exist_ok=True)
+            self.file = registry / str(os.getpid())
+            self.file.touch()
+            atexit.register(self.close)  # also when train() fails before its loop
+        except OSError as e:  # no writable temp folder: this run counts only itself
+            log.debug("no CPU-runs registry at %s: %s", registry, e)
+            self.file = None
         if self.from_env:
             log.info("CPU threads: %d (OMP_NUM_THREADS) of %d cores", torch.get_num_threads(), cores())
         else:

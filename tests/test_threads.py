@@ -93,3 +93,25 @@ def test_nothing_is_shared_on_a_gpu(registry):
     share = threads.CoreShare(torch.device("cuda", 0), deterministic=False, registry=registry)
     share.at_log(10)
     assert not registry.exists() and share.file is None
+
+
+def test_an_unwritable_registry_leaves_the_run_alone(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    before = torch.get_num_threads()
+    try:
+        share = threads.CoreShare(torch.device("cpu"), deterministic=False, registry=blocker / "runs")
+        share.at_log(10)
+        assert share.file is None and torch.get_num_threads() == threads.cores()
+        share.close()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_lone_run_uses_torchs_default_not_every_hyperthread(monkeypatch):
+    monkeypatch.setattr(threads, "_affinity", lambda: 8)
+    monkeypatch.setattr(threads, "_TORCH_DEFAULT", 4)  # 4 physical cores, 8 hyperthreads
+    assert threads.cores() == 4
+    monkeypatch.setattr(threads, "_affinity", lambda: 2)  # taskset to 2 of them
+    assert threads.cores() == 2
