@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gantrain import distributed
+from gantrain import checkpoint, distributed
 from gantrain.train import train
 from tests.utils import FAST, make_cfg, tiny
 
@@ -63,6 +63,12 @@ def test_a_collapsed_generator_warns_and_names_the_last_healthy_checkpoint(tmp_p
     assert len(collapse) == 1, _warnings(caplog)
     assert "step 150:" in collapse[0] and "step_0000120.pt" in collapse[0], collapse[0]
     assert not [m for m in _warnings(caplog) if "D has won" in m]
+    # the warning is training state: a resumed run does not repeat it
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["health"]["warned"] == ["collapse"]
+    caplog.clear()
+    train(make_cfg(*TINY, "trainer.max_steps=190", "ckpt.every_n_steps=40", "ckpt.keep=5", "resume=auto"), tmp_path,
+          on_phase=on_phase)
+    assert not [m for m in _warnings(caplog) if "collapse" in m]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
