@@ -78,3 +78,20 @@ def test_the_default_run_is_healthy(tmp_path, caplog, seed):
     train(make_cfg(*FAST, f"seed={seed}", "trainer.max_steps=200", "log.every_n_steps=10",
                    "log.sample_every_n_steps=20"), tmp_path)
     assert not _warnings(caplog)
+
+
+def test_falling_class_coverage_is_a_collapse(tmp_path, caplog):
+    """Where the evaluator computes class coverage (MNIST-like data), a fall below health.min_coverage of its
+    best warns; Health/class_coverage is logged."""
+    from gantrain.health import Health
+
+    caplog.set_level(logging.WARNING)
+    health = Health(make_cfg().health, torch.randn(64, 8), tmp_path)
+    values = {"D/rt": 0.5, "D/real": 0.6, "D/fake": 0.4, "Loss/G": 1.0}
+    for step, coverage in ((100, 0.6), (200, 0.9), (300, 0.5), (400, 0.4)):
+        health.metrics({"classifier_fd": 1.0, "class_coverage": coverage})
+        scalars = health.check(step, values)
+        assert scalars["Health/class_coverage"] == coverage
+    collapse = [m for m in _warnings(caplog) if "collapse" in m]
+    assert len(collapse) == 1 and "step 400: mode collapse: class coverage fell to 0.4 (best 0.9)" in collapse[0]
+    assert "step 300 was the last healthy" in collapse[0] or "last healthy log step was 300" in collapse[0]
