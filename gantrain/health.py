@@ -13,7 +13,8 @@ Signals, all from numbers the loop already has on the device and reads at log st
 Warnings (each once per run, on rank 0):
 
 - D has won: D/fake below ``health.d_fake_below`` at each of the last ``health.patience`` log steps while
-  Loss/G rose over them;
+  Loss/G rose over them (the BCE losses only, nonsaturating and minimax, whose D outputs are logits; a
+  Wasserstein critic's or LSGAN's outputs are not, and sigmoid(D) means nothing there);
 - collapse: diversity below ``health.min_diversity`` at ``health.collapse_patience`` grids in a row (after
   the first ``health.warmup_steps`` steps, while G's initial outputs are still near-constant), or class
   coverage below ``health.min_coverage`` times the best seen; the warning names the newest kept checkpoint
@@ -40,8 +41,8 @@ def spread(x: torch.Tensor) -> torch.Tensor:
 
 
 class Health:
-    def __init__(self, cfg, real: torch.Tensor, ckpt_dir: Path):
-        self.cfg, self.ckpt_dir = cfg, ckpt_dir
+    def __init__(self, cfg, real: torch.Tensor, ckpt_dir: Path, logits: bool = True):
+        self.cfg, self.ckpt_dir, self.logits = cfg, ckpt_dir, logits
         self.real_spread = float(spread(real))  # once, at setup
         self.history: list[tuple[float, float]] = []  # (D/fake, Loss/G) at the recent log steps
         self.diversity: float | None = None
@@ -77,7 +78,7 @@ class Health:
         if self.coverage is not None:
             out["Health/class_coverage"] = self.coverage
         self.history = [*self.history, (values["D/fake"], values["Loss/G"])][-c.patience:]
-        d_won = (len(self.history) == c.patience and all(f < c.d_fake_below for f, _ in self.history)
+        d_won = (self.logits and len(self.history) == c.patience and all(f < c.d_fake_below for f, _ in self.history)
                  and self.history[-1][1] > self.history[0][1])
         covered = self.coverage is None or self.coverage >= c.min_coverage * self.best_coverage
         collapsed = self.low_grids >= c.collapse_patience or not covered
@@ -91,7 +92,7 @@ class Health:
                     f"class coverage fell to {self.coverage:.3g} (best {self.best_coverage:.3g})")
             self._warn("collapse", f"step {step}: mode collapse: {what}; {self.last_healthy()}; {FIX} "
                                    "(health=off silences this).")
-        if not (collapsed or self.low_grids or self.history[-1][0] < c.d_fake_below):
+        if not (collapsed or self.low_grids or (self.logits and self.history[-1][0] < c.d_fake_below)):
             self.healthy_step = step
         return out
 
@@ -122,8 +123,9 @@ class Health:
         self.healthy_step, self.warned = state["healthy_step"], list(state["warned"])
 
 
-def build_health(cfg, data, num_samples: int, ckpt_dir: Path, main_proc: bool) -> Health | None:
+def build_health(cfg, data, num_samples: int, ckpt_dir: Path, main_proc: bool,
+                 loss: str = "nonsaturating") -> Health | None:
     """The run's health check (rank 0 only), or None with health=off."""
     if not (main_proc and cfg.enabled):
         return None
-    return Health(cfg, data.real_samples(num_samples), ckpt_dir)
+    return Health(cfg, data.real_samples(num_samples), ckpt_dir, logits=loss in ("nonsaturating", "minimax"))

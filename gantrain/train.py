@@ -297,7 +297,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     opt_G, opt_D, scaler_G, scaler_D = nets.opt_G, nets.opt_D, nets.scaler_G, nets.scaler_D
     z_dim = G.z_dim
     grid_z = torch.randn(cfg.log.num_samples, z_dim, generator=torch.Generator().manual_seed(torch_seed(cfg.seed)))
-    health = build_health(cfg.health, data, cfg.log.num_samples, out_dir / "checkpoints", main_proc)  # Health/*
+    health = build_health(cfg.health, data, cfg.log.num_samples, out_dir / "checkpoints", main_proc,
+                          loss=cfg.loss.name)  # Health/* and its warnings
 
     # ---- resume
     start = 0

@@ -35,6 +35,13 @@ def test_a_discriminator_with_100x_the_learning_rate_on_a_tiny_set_has_won(tmp_p
           tmp_path / "off")
     assert not _warnings(caplog)
     assert not [t for t in EventAccumulator(str(tmp_path / "off")).Reload().Tags()["scalars"] if "Health" in t]
+    # a Wasserstein critic's outputs are not logits: its sigmoid near 0 is no sign that D has won
+    from gantrain.health import Health
+
+    critic = Health(make_cfg().health, torch.randn(64, 8), tmp_path, logits=False)
+    for step in range(10, 100, 10):
+        critic.check(step, {"D/rt": 1.0, "D/real": 0.01, "D/fake": 0.0, "Loss/G": float(step)})
+    assert not critic.warned
 
 
 def test_a_collapsed_generator_warns_and_names_the_last_healthy_checkpoint(tmp_path, caplog, monkeypatch):
