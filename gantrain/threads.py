@@ -121,11 +121,12 @@ class CoreShare:
             self.warned = True
             runs = max(1, live_runs(self.registry))
             fix = max(1, cores() // max(runs, 2))
+            how = (f"or give each its share of the cores, e.g. OMP_NUM_THREADS={fix} gantrain ... (cores / runs; "
+                   "hydra.launcher.n_jobs for a joblib sweep)" if fix < threads
+                   else f"this run already uses {threads} thread(s): nothing else to shrink here")
             log.warning("this run's %d CPU threads got %.1f cores on average over the last %d steps: other processes "
-                        "share the %d cores (load average %.1f), which makes every one of them slower. Run fewer at "
-                        "once, or give each its share of the cores, e.g. OMP_NUM_THREADS=%d gantrain ... (cores / "
-                        "runs; hydra.launcher.n_jobs for a joblib sweep).", threads, got, steps, cores(),
-                        os.getloadavg()[0], fix)
+                        "share the %d cores (load average %.1f), which makes every one of them slower. Run fewer "
+                        "programs at once, %s.", threads, got, steps, cores(), os.getloadavg()[0], how)
         if not self.fixed:
             self._share()
 

@@ -89,6 +89,24 @@ def test_a_starved_run_warns_once_with_the_fix(registry, monkeypatch, caplog):
     share.close()
 
 
+def test_a_starved_one_thread_run_is_not_told_to_use_one_thread(registry, monkeypatch, caplog):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    clock = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(threads, "_cpu_seconds", lambda: clock["cpu"])
+    share = threads.CoreShare(torch.device("cpu"), deterministic=False, registry=registry)
+    with caplog.at_level(logging.WARNING, logger="gantrain.threads"):
+        for _ in range(2):
+            clock["wall"] += 10.0
+            clock["cpu"] += 2.0
+            share.at_log(50)
+    message = caplog.records[0].getMessage()
+    assert "1 CPU threads got 0.2 cores" in message and "OMP_NUM_THREADS" not in message
+    assert "Run fewer programs at once" in message
+    share.close()
+
+
 def test_nothing_is_shared_on_a_gpu(registry):
     share = threads.CoreShare(torch.device("cuda", 0), deterministic=False, registry=registry)
     share.at_log(10)
