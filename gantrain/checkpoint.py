@@ -154,6 +154,22 @@ def periodic_files(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def link_beside(last: Path, name: str) -> Path:
+    """``name`` beside ``last``, holding its bytes: a hard link (a copy where links fail), replaced atomically."""
+    path = last.parent / name
+    tmp = _temp_name(path)
+    try:
+        os.link(last, tmp)
+        os.replace(tmp, path)  # a no-op when path is already this inode (POSIX): tmp then stays, hence the unlink
+        files.unlink_quietly(tmp)
+        _fsync_dir(last.parent)
+    except OSError:
+        files.unlink_quietly(tmp)
+        with open(last, "rb") as src:
+            write_atomically(path, lambda f: shutil.copyfileobj(src, f), lambda: last.stat().st_size)
+    return path
+
+
 def save_periodic(last: Path, step: int, keep: int) -> Path:
     """``step_XXXXXXX.pt`` beside the just-written ``last`` (last.pt), keeping the newest ``keep`` of them.
 

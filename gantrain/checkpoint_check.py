@@ -70,8 +70,15 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment": (lambda v: v is None or (isinstance(v, dict) and {"p", "signs"} <= set(v) and all(
         isinstance(t, torch.Tensor) and t.is_floating_point() for t in v.values())),
         "null or the augmentation's state (tensors p and signs)"),
+    "loss": (lambda v: isinstance(v, dict) and all(
+        isinstance(s, dict) and all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in s.values())
+        for s in v.values()), "the loss's state (a dict; path_length: its pl_mean tensor)"),
+    "best": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("metric"), str)
+                                     and (v.get("value") is None or isinstance(v["value"], float))
+                                     and (v.get("step") is None or _int(v["step"]))),
+             "null or the best metric so far (metric, value, step)"),
 }
-OPTIONAL = {"G_ema": None, "augment": None}
+OPTIONAL = {"G_ema": None, "augment": None, "loss": None, "best": None}
 
 
 def validate(ckpt: Any, path: Any, newest: int) -> None:

@@ -83,6 +83,7 @@ class LogConfig:
 class CkptConfig:
     every_n_steps: int = 1000
     keep: int = 3
+    best: bool = False                  # true: checkpoints/best.pt at the best metrics.primary (gantrain/best.py)
 
 
 @dataclass

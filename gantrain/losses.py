@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gantrain.config import UserError
+from gantrain.path_length import PathLength
 
 
 class GANLoss:
@@ -31,7 +32,15 @@ class GANLoss:
         self.r1_gamma = r1_gamma
         self.r1_interval = r1_interval
         self.gp_weight = gp_weight
-        self.pl_weight, self.pl_interval, self.pl_decay = pl_weight, pl_interval, pl_decay  # gantrain/path_length.py
+        # StyleGAN2's path-length regulariser of G (gantrain/path_length.py); its running mean is training state
+        self.path_length = PathLength(pl_weight, pl_interval, pl_decay) if pl_weight > 0 else None
+
+    def state_dict(self) -> dict:
+        return {"path_length": self.path_length.state_dict()} if self.path_length is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.path_length is not None and state.get("path_length") is not None:
+            self.path_length.load_state_dict(state["path_length"])
 
     def _targets(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         target = torch.full_like(logits, (1.0 - self.label_smoothing) if real else 0.0, dtype=torch.float32)
@@ -94,8 +103,12 @@ class GANLoss:
         return self.gp_weight * (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
-def check_discriminator(loss_cfg, D: torch.nn.Module) -> None:
-    """The WGAN-GP paper's rule: no batch normalisation in the critic (the penalty is per sample)."""
+def check_networks(loss_cfg, G: torch.nn.Module, D: torch.nn.Module) -> None:
+    """The WGAN-GP paper's rule: no batch normalisation in the critic (the penalty is per sample); the
+    path-length regulariser needs a generator with a mapping network (StyleGAN)."""
+    if loss_cfg.get("pl_weight") and not (hasattr(G, "mapping") and hasattr(G, "synthesis")):
+        raise UserError(f"loss.pl_weight={loss_cfg.pl_weight} (path-length regularisation) needs StyleGAN's "
+                        "mapping network: set loss.pl_weight=0 for this model, or use model=stylegan.")
     if loss_cfg.get("gp_weight") and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules()):
         raise UserError("the gradient penalty (loss.gp_weight>0, loss=wgan_gp) needs a discriminator without "
                         "BatchNorm: set model.discriminator.batch_norm=false or model.discriminator.spectral_norm=true.")

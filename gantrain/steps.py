@@ -4,7 +4,8 @@ Used by the training loop and by the benchmark's ceiling, so both time exactly t
 
 - D step: a real batch labelled real and ``G(z)`` (no gradient into G) labelled fake; lazy R1 on the
   reals when due, WGAN-GP's gradient penalty when set; only D's weights change.
-- G step: fresh fakes labelled real through the plain, frozen D; only G's weights change.
+- G step: fresh fakes labelled real through the plain, frozen D; StyleGAN2's lazy path-length
+  regulariser when due (gantrain/path_length.py); only G's weights change.
 
 With ``augment`` (gantrain/augment.py) every image D sees goes through it first: reals and fakes of the D
 step, the G step's fakes, and R1's reals (the gradient is taken w.r.t. the un-augmented reals, as in
@@ -116,16 +117,22 @@ def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
     return loss_D, d_real, d_fake
 
 
-def g_step(t: Trainee, z: torch.Tensor) -> torch.Tensor:
-    """One G step; returns loss_G. D is frozen and called plain: no gradients reach its weights."""
+def g_step(t: Trainee, z: torch.Tensor, g_index: int | None = None) -> torch.Tensor:
+    """One G step (the ``g_index``-th, 0-based: lazy path-length regularisation when due); returns loss_G
+    without the regulariser. D is frozen and called plain: no gradients reach its weights."""
     t.D.requires_grad_(False)
+    pl = t.loss.path_length
+    pl_due = pl is not None and pl.due(g_index)
     t.opt_G.zero_grad(set_to_none=True)
     losses = []
     for sync, (z_k,) in _micro(t, t.G_learn, z):
         with sync():
             with t.autocast():
                 loss_G = t.loss.g_loss(t.D_run(_seen(t, t.G_learn(z_k))))
-            t.scaler_G.scale(loss_G / t.accumulate if t.accumulate > 1 else loss_G).backward()
+            objective = loss_G
+            if pl_due:  # through the plain G, like R1 through the plain D; per micro-batch, as R1 and GP
+                objective = loss_G + pl.penalty(getattr(t.G_run, "_orig_mod", t.G_run), z_k)
+            t.scaler_G.scale(objective / t.accumulate if t.accumulate > 1 else objective).backward()
         losses.append(loss_G.detach())
     t.scaler_G.step(t.opt_G)
     update_counting_skips(t.scaler_G, t.skipped[0])

@@ -31,11 +31,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gantrain import checkpoint, distributed, finetune, rundir, runs, threads
 from gantrain.augment import build_augment
+from gantrain.best import Best
 from gantrain.config import UserError, validate
 from gantrain.data import build_dataset
 from gantrain.early_stop import EarlyStop
 from gantrain.health import build_health
-from gantrain.losses import GANLoss, check_discriminator
+from gantrain.losses import GANLoss, check_networks
 from gantrain.metrics import build_evaluator
 from gantrain.models import sample
 from gantrain.precision import resolve as resolve_precision
@@ -278,7 +279,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     # ---- models, sized from the data
     G = build_network(cfg.model.generator, "generator", shape).to(device)
     D = build_network(cfg.model.discriminator, "discriminator", shape).to(device)
-    check_discriminator(cfg.loss, D)  # WGAN-GP: no BatchNorm in the critic
+    check_networks(cfg.loss, G, D)  # WGAN-GP: no BatchNorm in the critic; path length: StyleGAN's G
     finetune.freeze_d(D, cfg.model.get("freeze_d") or 0, cfg.model.name)  # FreezeD: before DDP wraps D
     channels_last = cfg.trainer.channels_last and len(shape) == 3
     if channels_last:
@@ -291,6 +292,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     # ---- sample-quality metrics: real-data side built now, so metrics.required=true fails before training
     evaluator = distributed.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
     early = EarlyStop.build(cfg.trainer, evaluator)  # trainer.early_stop=N (gantrain/early_stop.py)
+    best = Best.build(cfg.ckpt, evaluator)  # ckpt.best=true: checkpoints/best.pt at the best metrics.primary
 
     # ---- loss and optimisers
     nets = build_trainee(cfg, G, D, (G_run, D_run, G_learn, D_learn), device)
@@ -309,7 +311,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         restoring = functools.partial(checkpoint.restoring, resume_from)  # a mismatch: one sentence naming it
         for name, target in (("G", G), ("D", D), ("G_ema", ema.model if ema else None), ("opt_G", opt_G),
                              ("opt_D", opt_D), ("scaler_G", scaler_G), ("scaler_D", scaler_D),
-                             ("augment", nets.augment), ("health", health)):  # augment: ADA's p and its r_t sums
+                             ("augment", nets.augment), ("health", health),  # augment: ADA's p and its r_t sums
+                             ("loss", nets.loss), ("best", best)):  # the path-length mean; the best metric so far
             with restoring(name):
                 if isinstance(target, torch.optim.Optimizer):
                     load_optimizer(target, saved[name])
@@ -348,6 +351,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             "augment": nets.augment.state_dict() if nets.augment is not None else None,
             "health": health.state_dict() if health is not None else None,
             "early_stop": early.state_dict() if early is not None else None,
+            "loss": nets.loss.state_dict(), "best": best.state_dict() if best is not None else None,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "overrides": runs.task_overrides(),  # how the run was started (resume=PATH composes with them)
         }
@@ -362,7 +366,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         return (f"the last good checkpoint {last_saved} is kept" if last_saved is not None
                 else "no checkpoint had been written yet (save more often with ckpt.every_n_steps)")
 
-    def save(step: int, periodic: bool) -> None:
+    def save(step: int, periodic: bool, keep_best: bool = False) -> None:
         nonlocal last_saved, saved_step
         saved_step = step
         rng = distributed.gather_object(checkpoint.rng_state())  # every rank's RNG streams, on rank 0
@@ -380,6 +384,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         last_saved = ckpt_dir / "last.pt"
         if periodic:
             checkpoint.save_periodic(last_saved, step, cfg.ckpt.keep)
+        if keep_best:
+            best.keep(last_saved)
 
     # ---- logging (rank 0 only)
     tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
@@ -435,7 +441,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                         real = real.contiguous(memory_format=torch.channels_last)
                     loss_D, d_real, d_fake = d_step(nets, real, torch.randn(batch, z_dim, device=device), d_index)
                 # G step: fresh fakes labelled real, D frozen; only G changes
-                loss_G = g_step(nets, torch.randn(batch, z_dim, device=device))
+                loss_G = g_step(nets, torch.randn(batch, z_dim, device=device), step)
                 step += 1
                 if ema is not None:
                     ema.update(G, images_seen=step * batch * world, batch=batch * world)
@@ -484,13 +490,16 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                     log_samples(step)
                 if evaluator and evaluator.due(step, cfg.trainer.max_steps):
                     scores = distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
+                    if best is not None and best.update(evaluator.primary_value, step):  # the same on every rank
+                        save(step, periodic=step % cfg.ckpt.every_n_steps == 0, keep_best=True)
+                        tb.scalars(best.scalars(), step)
                     if early is not None and early.update(evaluator.primary_value, step):  # every rank alike
                         if main_proc:
                             log.info("%s", early.reason(step))
                         break
                     if health is not None and scores:
                         health.metrics(scores)
-                if step % cfg.ckpt.every_n_steps == 0:
+                if step % cfg.ckpt.every_n_steps == 0 and saved_step != step:
                     save(step, periodic=True)
             if saved_step != step:  # not saved at this step already (by the periodic save)
                 save(step, periodic=False)

@@ -158,3 +158,112 @@ def test_two_ranks_keep_the_spectral_norm_vectors_and_the_penalised_critic_ident
     for net in ("G", "D"):
         for k in d0[net]:
             assert torch.equal(d0[net][k], d1[net][k]), f"{net}.{k} differs between the ranks"
+
+
+# -------------------------------------------------------------------------- path-length regularisation
+STYLEGAN = ["data.resolution=32", "data.batch_size=4", "loss.pl_interval=2"]
+
+
+def test_path_length_running_mean_and_penalty(image_folder):
+    from gantrain.models.stylegan import Generator
+    from gantrain.path_length import PathLength
+
+    torch.manual_seed(0)
+    G = Generator((3, 32, 32), z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, max_channels=16)
+    pl = PathLength(weight=2.0, interval=4, decay=0.01)
+    assert [pl.due(i) for i in range(5)] == [True, False, False, False, True] and not pl.due(None)
+    penalty = pl.penalty(G, torch.randn(8, 16))
+    assert float(pl.mean) > 0 and penalty.requires_grad and penalty.item() > 0
+    first = float(pl.mean)   # 0.01 of the first batch's mean length
+    pl.penalty(G, torch.randn(8, 16))
+    assert 1.5 * first < float(pl.mean) < 2.5 * first  # about 0.01 * (2 - 0.01) of the mean length
+    pl.load_state_dict({"pl_mean": torch.tensor(123.0)})
+    assert pl.state_dict() == {"pl_mean": torch.tensor(123.0)}
+
+
+def test_stylegan_path_length_resumes_exactly_and_pl_weight_0_turns_it_off(tmp_path, image_folder):
+    common = [*folder(image_folder, "stylegan"), *STYLEGAN]
+    a = assert_exact_resume(tmp_path, common, n=2)
+    b = last(tmp_path / "two")
+    assert float(a["loss"]["path_length"]["pl_mean"]) > 0
+    assert torch.equal(a["loss"]["path_length"]["pl_mean"], b["loss"]["path_length"]["pl_mean"])
+    run(tmp_path / "off", *common, "loss.pl_weight=0", "trainer.max_steps=1")
+    assert last(tmp_path / "off")["loss"] == {}
+
+
+def test_path_length_needs_stylegan(tmp_path, image_folder):
+    with pytest.raises(UserError, match=r"loss.pl_weight=2.0 \(path-length regularisation\) needs StyleGAN"):
+        run(tmp_path / "run", *folder(image_folder, "dcgan"), "loss=bce_r1", "trainer.max_steps=1")
+
+
+def _train_and_record_pl(cfg, out_dir):
+    """train() on this rank, recording the path-length running mean after every penalty."""
+    from gantrain.path_length import PathLength
+
+    seen, penalty = [], PathLength.penalty
+
+    def spy(self, G, z):
+        out = penalty(self, G, z)
+        seen.append(float(self.mean))
+        return out
+
+    PathLength.penalty = spy
+    train(cfg, out_dir)
+    torch.save(seen, Path(out_dir).parent / f"pl{distributed.rank()}.pt")
+
+
+def test_two_ranks_share_the_path_length_mean(tmp_path, image_folder):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = make_cfg(*FAST, *folder(image_folder, "stylegan"), *STYLEGAN, "trainer.max_steps=3", "trainer.devices=2")
+    distributed.run(_train_and_record_pl, cfg, str(run_dir))
+    pl0, pl1 = torch.load(tmp_path / "pl0.pt"), torch.load(tmp_path / "pl1.pt")
+    assert len(pl0) == 2 and pl0 == pl1  # steps 0 and 2; the same mean on both ranks
+
+
+# ------------------------------------------------------------------------------------ ckpt.best=true
+BEST = [*GAN_SINE, "metrics=default", "metrics.every_n_steps=2", "metrics.num_samples=64", "ckpt.best=true",
+        "ckpt.every_n_steps=4", "log.every_n_steps=2", "trainer.deterministic=true"]
+
+
+def metric_values(run_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] else {}
+
+
+def test_best_checkpoint_follows_the_primary_metric_across_a_resume(tmp_path):
+    run(tmp_path / "two", *BEST, "trainer.max_steps=6", "optim.generator.lr=0.01")
+    run(tmp_path / "two", *BEST, "trainer.max_steps=12", "optim.generator.lr=0.01", "resume=auto")
+    values = metric_values(tmp_path / "two", "Metrics/sine_ks")
+    assert sorted(values) == [2, 4, 6, 8, 10, 12]
+    step = min(values, key=values.get)
+    best = checkpoint.load(tmp_path / "two" / "checkpoints" / "best.pt")
+    assert best["step"] == step and best["best"] == {"metric": "sine_ks", "value": pytest.approx(values[step]),
+                                                     "step": step}
+    assert last(tmp_path / "two")["best"]["step"] == step      # the resumed run knew the best so far
+    logged = metric_values(tmp_path / "two", "Best/step")
+    assert max(logged) == step and logged[step] == step and set(logged) <= set(values)
+    if step % 4 == 0:  # the step file and best.pt are one file
+        assert (tmp_path / "two" / "checkpoints" / f"step_{step:07d}.pt").samefile(
+            tmp_path / "two" / "checkpoints" / "best.pt")
+
+
+def test_best_without_metrics_is_refused(tmp_path):
+    with pytest.raises(UserError, match="ckpt.best=true keeps the checkpoint with the best metrics.primary"):
+        run(tmp_path / "run", *GAN_SINE, "ckpt.best=true", "trainer.max_steps=1")
+
+
+def test_best_keeps_only_improvements_and_resumes_its_value():
+    from gantrain.best import Best
+
+    b = Best("fid")
+    assert [b.update(v, s) for s, v in ((1, 5.0), (2, 6.0), (3, float("nan")), (4, 4.0), (5, None))] == \
+        [True, False, False, True, False]
+    c = Best("fid")
+    c.load_state_dict(b.state_dict())
+    assert (c.value, c.step) == (4.0, 4) and not c.update(4.5, 9)
+    d = Best("kid")
+    d.load_state_dict(b.state_dict())  # another metric: starts afresh
+    assert d.value is None
