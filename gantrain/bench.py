@@ -105,7 +105,7 @@ class Networks:
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         d_step(self.t, real, torch.randn(n, self.z_dim, device=self.device), self.d_index)
-        g_step(self.t, torch.randn(n, self.z_dim, device=self.device))
+        g_step(self.t, torch.randn(n, self.z_dim, device=self.device), self.d_index)  # lazy regularisers as train()
         self.d_index += 1
         if self.ema is not None:
             self.ema.update(self.G, images_seen=self.d_index * n, batch=n)

@@ -237,6 +237,8 @@ def check_resumable(saved: dict, cfg: DictConfig, shape: tuple[int, ...]) -> Non
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key) or key.startswith(RESUME_SAFE):
             continue
+        if key not in old and new.get(key) in (None, False):  # added since the checkpoint, at its "off" value
+            continue
         if key.startswith("model."):
             raise UserError(f"the checkpoint is of another model ({key}={old.get(key)} there, {new.get(key)} "
                             "here): resume with the checkpoint's model settings or start a new run.")

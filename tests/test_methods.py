@@ -267,3 +267,13 @@ def test_best_keeps_only_improvements_and_resumes_its_value():
     d = Best("kid")
     d.load_state_dict(b.state_dict())  # another metric: starts afresh
     assert d.value is None
+
+
+def test_a_checkpoint_from_before_spectral_norm_existed_still_resumes(tmp_path):
+    run(tmp_path / "run", *GAN_SINE, "trainer.max_steps=2")
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = checkpoint.load(path)
+    del ckpt["config"]["model"]["discriminator"]["spectral_norm"]  # as written before the setting existed
+    checkpoint.save(ckpt, path)
+    run(tmp_path / "run", *GAN_SINE, "trainer.max_steps=3", "resume=auto")
+    assert last(tmp_path / "run")["step"] == 3
