@@ -50,7 +50,10 @@ def test_stylegan_logs_style_mixing_and_truncation_grids(tmp_path, shapes_folder
 
 
 def test_stylegan_learns_a_tiny_image_set(tmp_path, shapes_folder):
-    cfg = make_cfg(*overrides(shapes_folder, 300), "optim.generator.lr=0.004", "optim.discriminator.lr=0.004")
+    # path-length regularisation off, as stylegan2-ada does at 32x32 (its cifar config): with loss=bce_r1's
+    # pl_weight=2 this 300-step run got from 42.4 to 24.7, not below half
+    cfg = make_cfg(*overrides(shapes_folder, 300), "optim.generator.lr=0.004", "optim.discriminator.lr=0.004",
+                   "loss.pl_weight=0")
     from gantrain.data import build_dataset
 
     real = build_dataset(cfg.data, device=torch.device("cpu"), progress=False).real_samples(64)
