@@ -295,6 +295,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     evaluator = distributed.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
     early = EarlyStop.build(cfg.trainer, evaluator)  # trainer.early_stop=N (gantrain/early_stop.py)
     best = Best.build(cfg.ckpt, evaluator)  # ckpt.best=true: checkpoints/best.pt at the best metrics.primary
+    if early is not None and best is None:  # early stopping keeps best.pt too
+        best = Best(early.metric)
 
     # ---- loss and optimisers
     nets = build_trainee(cfg, G, D, (G_run, D_run, G_learn, D_learn), device)

@@ -32,6 +32,7 @@ def test_a_run_that_stops_improving_stops(tmp_path, caplog):
     saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert saved["step"] == 30  # evaluations at 10 (best), 20 and 30 (not better): stop
     assert saved["early_stop"]["best_step"] == 10 and saved["early_stop"]["since"] == 2
+    assert checkpoint.load(tmp_path / "checkpoints" / "best.pt")["step"] == 10  # best.pt kept (ckpt.best implied)
     reason = [r.getMessage() for r in caplog.records if "early stop at step 30" in r.getMessage()]
     assert reason and "metrics.primary (sine_ks)" in reason[0], [r.getMessage() for r in caplog.records][-5:]
     assert result == pytest.approx(saved["early_stop"]["best"])  # the frozen run's value never changed
