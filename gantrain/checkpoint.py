@@ -60,7 +60,8 @@ RESUME_FIX = "free some space and resume (the previous file is intact)"
 RUN_DIR_FIX = "choose another with hydra.run.dir=PATH"
 
 
-def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
+def save(obj: dict[str, Any], path: str | os.PathLike, full_fix: str = RESUME_FIX,
+         unwritable_fix: str = RUN_DIR_FIX) -> None:
     """Write atomically: a temp file in the same folder, flushed and fsynced, then renamed over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a half-written one. The free space
@@ -72,7 +73,7 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
         old = path.stat().st_size if path.is_file() else 0
         return max(old, sum(t.numel() * t.element_size() for t in _tensors(obj)))
 
-    write_atomically(path, lambda f: torch.save(obj, f), size)
+    write_atomically(path, lambda f: torch.save(obj, f), size, full_fix, unwritable_fix)
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callable[[], int],

@@ -158,6 +158,10 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (decoding a folder, ...): no traceback
+        from gantrain.interrupts import stopped
+
+        stopped("gantrain")
     except Exception as e:  # anything not explained is re-raised with its traceback
         message = None if user_full_error == "1" else explain(e, job_started=_job_started)
         if message is None:

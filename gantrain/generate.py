@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gantrain import media
+from gantrain import interrupts, media, output_limits
 from gantrain.config import UserError
 from gantrain.models import sample as _forward  # fixed noise: a seed fixes the output
 
@@ -277,12 +277,14 @@ def write_gif(frames: Iterator[torch.Tensor], out: Path, curves: bool, fps: floa
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def output_kind(out: str) -> tuple[str, Path]:
-    """("grid" | "npz" | "gif" | "dir", path) from OUT; an unknown extension is a UserError."""
+def output_kind(out: str, quiet: bool = False) -> tuple[str, Path]:
+    """("grid" | "npz" | "gif" | "dir", path) from OUT; an unknown extension is a UserError (``quiet``: "?")."""
     path = Path(out).expanduser()
     if out.endswith(("/", os.sep)) or path.is_dir() or not path.suffix:
         return "dir", path
     kind = KINDS.get(path.suffix.lower())
+    if kind is None and quiet:
+        return "?", path
     if kind is None:
         raise UserError(f"-o {out}: the extension {path.suffix} is not one gantrain-generate writes; use .png "
                         "(a grid), .npz (raw samples), .gif or .mp4 (an interpolation) or a directory (one PNG per sample).")
@@ -357,6 +359,8 @@ def generate(args: argparse.Namespace) -> str:
         raise UserError(f"--truncation applies only to models with a truncation trick (StyleGAN); this "
                         f"checkpoint's model ({ckpt.get('model', type(G).__name__)}) has none: leave it out.")
     check_writable(kind, out, args.out)
+    output_limits.remove_stale_temps(kind, out)  # left by a gantrain-generate killed while writing
+    output_limits.check(kind, out, n, n * (between + 1), tuple(ckpt["data_shape"]))  # memory and disk, before work
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     curves = len(ckpt["data_shape"]) == 1
     progress = sys.stderr.isatty() or n > 4 * BATCH   # a bar for large N
@@ -387,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:   # the output became unwritable while writing (disk full, removed folder, ...)
         print(f"gantrain-generate: error: cannot write -o {args.out}: {e.strerror or e}.", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        interrupts.stopped("gantrain-generate")
+    finally:  # no temp file of this process is left behind, whatever stopped it
+        output_limits.remove_own_temps(*output_kind(args.out, quiet=True))
 
 
 if __name__ == "__main__":

@@ -175,16 +175,29 @@ class Cache:
         from filelock import FileLock
 
         path = self.root / f"{name}.pt"
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        try:  # a cache that cannot be written (read-only, a file, a full disk) costs time, not the run
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path) + ".lock")
+            lock.acquire()
+        except OSError as e:
+            log.warning("metrics.cache_dir=%s cannot be used (%s): computing %s without caching it; set "
+                        "metrics.cache_dir to a writable folder to keep it", self.root, e.strerror or e, name)
+            return compute(), False
+        try:
             if path.is_file():
                 try:
                     return torch.load(path, map_location="cpu", weights_only=True), True
                 except Exception as e:  # noqa: BLE001 - a truncated or foreign file: compute it again
                     log.warning("metrics cache %s is unreadable (%s); recomputing it", path, e)
             entry = compute()
-            checkpoint.save(entry, path)  # atomic: other jobs never read half a file
+            try:
+                checkpoint.save(entry, path, full_fix="free some space to cache it next time",  # atomic
+                                unwritable_fix="set metrics.cache_dir to a writable folder to cache it")
+            except UserError as e:
+                log.warning("the metrics cache was not written, the run goes on (%s)", str(e).rstrip("."))
             return entry, False
+        finally:
+            lock.release()
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -322,3 +323,224 @@ def test_resume_auto_of_a_finished_run_adds_no_event_file(tmp_path):
     for _ in range(2):
         run(tmp_path / "run", "resume=auto", "trainer.max_steps=2")
     assert sorted((tmp_path / "run").glob("events.out.tfevents*")) == events
+
+
+# ------------------------------------------------- 2, 10. decode workers: kill -9 and Ctrl-C of the parent
+def stuck_folder(tmp_path: Path) -> Path:
+    """A few JPEGs and a FIFO named like one: the worker that opens it waits for ever (a decode in progress)."""
+    import numpy as np
+
+    from tests.conftest import _noise_image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        _noise_image(rng, 24, 24).save(root / f"img{i}.jpg")
+    os.mkfifo(root / "zz_stuck.jpg")
+    return root
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def gone(pid: int) -> bool:
+    return not files.alive(pid)
+
+
+FOLDER = ["data=folder", "data.resolution=8", "data.decode_workers=2", "data.batch_size=4", "trainer.max_steps=2"]
+
+
+def start_decoding(tmp_path: Path) -> tuple[subprocess.Popen, list[int], Path]:
+    root, cache = stuck_folder(tmp_path), tmp_path / "cache"
+    proc = start(tmp_path / "run", *FOLDER, f"data.root={root}", f"data.cache_dir={cache}")
+    wait_until(lambda: len(children(proc.pid)) == 2 and list(cache.glob(".folder-*.npy.*.tmp")), proc)
+    return proc, children(proc.pid), cache
+
+
+def test_kill_9_while_decoding_takes_the_workers_along(tmp_path):
+    proc, workers, cache = start_decoding(tmp_path)
+    proc.kill()
+    proc.wait()  # not communicate(): workers that outlive it would hold its pipes open
+    proc.stdout.close()
+    proc.stderr.close()
+    try:
+        wait_until(lambda: all(gone(w) for w in workers), timeout=10)
+    finally:
+        for w in workers:
+            if not gone(w):
+                os.kill(w, signal.SIGKILL)
+    stale = list(cache.glob(".folder-*.npy.*.tmp"))
+    assert stale  # the killed writer's temp file ...
+    os.unlink(tmp_path / "images" / "zz_stuck.jpg")
+    r = cli(tmp_path / "run2", *FOLDER, f"data.root={tmp_path / 'images'}", f"data.cache_dir={cache}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not any(p.exists() for p in stale)  # ... is removed by the next run
+
+
+def test_ctrl_c_while_decoding_exits_130_without_a_traceback(tmp_path):
+    proc, workers, cache = start_decoding(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # stuck waiting for its workers
+        for pid in (*workers, proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted (Ctrl-C)" in err, err[-2000:]
+    wait_until(lambda: all(gone(w) for w in workers), timeout=10)
+    assert not list(cache.glob(".folder-*.tmp"))
+
+
+def test_ctrl_c_during_the_imports_exits_130(tmp_path):
+    exe = Path(sys.executable).parent / "gantrain"
+    proc = subprocess.Popen([str(exe), *QUICK, *TINY, f"hydra.run.dir={tmp_path / 'run'}"], stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(0.5)  # Python is up (its SIGINT handler installed); torch and Hydra are still being imported
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted (Ctrl-C)" in err, err[-2000:]
+
+
+# ------------------------------------------------------------------- 3, 7. data sizes, full and read-only places
+def test_absurd_resolution_is_refused_before_decoding(tmp_path, image_folder):
+    sentence = error_sentence(cli(tmp_path / "run", "data=folder", f"data.root={image_folder}",
+                                  "data.resolution=100000", f"data.cache_dir={tmp_path / 'cache'}"))
+    assert "data.resolution=100000 is too large: one decoded image would take 27.9 GiB" in sentence, sentence
+    assert not list((tmp_path / "cache").glob("*.npy*")) and not list((tmp_path / "cache").glob(".*"))
+
+
+def test_a_cache_that_does_not_fit_the_disk_is_refused_before_decoding(tmpfs, data_cfg, image_folder):
+    from gantrain.data import build_dataset
+
+    cache = tmpfs(8)
+    cfg = data_cfg("folder", root=str(image_folder), resolution=1024, cache_dir=str(cache), decode_workers=1)
+    with pytest.raises(UserError, match=r"the disk is full: writing .*\.npy needs about 48\.0 MiB and 8\.0 MiB are "
+                                        r"free; free some space, set data.cache_dir .* or lower data.resolution"):
+        build_dataset(cfg, device=torch.device("cpu"))
+    assert list(cache.iterdir()) == [cache / f for f in os.listdir(cache) if f.endswith(".lock")]
+
+
+def test_the_disk_filling_up_while_decoding(tmpfs, data_cfg, image_folder, monkeypatch):
+    from gantrain.data import build_dataset, images
+
+    cache = tmpfs(8)
+    real = images.decode_image
+
+    def decode_and_fill(path, resolution, channels):
+        if not (cache / "filler").exists():
+            fill(cache, leave=0)
+        return real(path, resolution, channels)
+
+    monkeypatch.setattr(images, "decode_image", decode_and_fill)
+    cfg = data_cfg("folder", root=str(image_folder), resolution=256, cache_dir=str(cache), decode_workers=1)
+    with pytest.raises(UserError, match=r"the disk is full: writing .*\.npy needs about 3\.0 MiB and 0 bytes are "
+                                        r"free"):
+        build_dataset(cfg, device=torch.device("cpu"))
+    assert temps(cache) == []
+
+
+def test_checkpoints_folder_turning_read_only_mid_run(tmpfs, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    mnt = tmpfs(8)
+    subprocess.run(["mount", "--bind", str(mnt), str(run_dir / "checkpoints")], check=True)
+    try:
+        def on_phase(step: int, phase: str) -> None:
+            if step == 3 and phase == "periodic":
+                subprocess.run(["mount", "-o", "remount,ro,bind", str(run_dir / "checkpoints")], check=True)
+
+        with pytest.raises(UserError, match=r"cannot write .*last\.pt: the folder is not writable \(Read-only file "
+                                            r"system\); choose another with hydra.run.dir=PATH\.$"):
+            train(make_cfg(*QUICK, *TINY, "trainer.max_steps=6", "ckpt.every_n_steps=2"), run_dir,
+                  on_phase=on_phase)
+        assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"] == 2
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir / "checkpoints")], capture_output=True)
+
+
+@pytest.mark.parametrize("place", ["a_file", "read_only"])
+def test_metrics_cache_dir_that_cannot_be_written(tmp_path, tmpfs, caplog, place):
+    import logging
+
+    if place == "a_file":
+        cache = tmp_path / "not_a_dir"
+        cache.write_text("x")
+    else:
+        cache = tmpfs(4)
+        subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+    caplog.set_level(logging.WARNING)
+    overrides = ["log.progress_bar=false", "trainer.device=cpu", "data=sine", "data.size=64", "data.batch_size=8",
+                 *TINY, "trainer.max_steps=2", "metrics.num_samples=64", f"metrics.cache_dir={cache}"]
+    value = train(make_cfg(*overrides), tmp_path / "run")
+    assert value == value  # a metric value, not NaN: the run measured it without the cache
+    warned = [r.getMessage() for r in caplog.records if "metrics.cache_dir" in r.getMessage()]
+    assert warned and "resume" not in warned[0], warned
+
+
+# --------------------------------------------------------------------- 4. gantrain-generate's big requests
+def generate_cli(*args) -> subprocess.CompletedProcess:
+    return gantrain(*map(str, args), cmd="gantrain-generate")
+
+
+@pytest.fixture(scope="module")
+def good_images(tmp_path_factory) -> Path:
+    import numpy as np
+
+    from tests.conftest import _noise_image
+
+    tmp = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        _noise_image(rng, 16, 16).save(tmp / f"{i}.png")
+    train(make_cfg(*FAST, *TINY, "data=folder", f"data.root={tmp}", "data.resolution=8", "data.batch_size=4",
+                   "trainer.max_steps=1"), tmp / "run")
+    return tmp / "run" / "checkpoints" / "last.pt"
+
+
+def test_generate_refuses_what_would_not_fit(tmp_path, tmpfs, good, good_images, capsys):
+    from gantrain import generate
+
+    small = tmpfs(4)
+    cases = [
+        (good, 20000, "x.png", [], "-n 20000 is too many curves for one .png plot (at most 10000)"),
+        (good_images, 10**6, "x.png", [], "-n 1000000 is too many for a .png grid: it would be a 286.2 MiB image"),
+        (good, 1000, "x.gif", ["--interpolate", "100"], "frames would take 9.2 GiB of memory"),
+        (good, 10**9, "x.npz", [], "the disk is full: writing"),
+        (good, 100000, small / "x.npz", [], "needs about 24.4 MiB and 4.0 MiB are free; free some space or ask for "
+                                            "fewer samples (-n)."),
+        (good_images, 100000, small / "pngs/", [], "needs about 116.0 MiB and 4.0 MiB are free"),
+    ]
+    for ckpt, n, out, extra, expected in cases:
+        out = out if isinstance(out, Path) else tmp_path / out
+        start_at = time.monotonic()
+        with pytest.raises(SystemExit) as e:
+            generate.main([str(ckpt), "-n", str(n), "-o", str(out), *extra])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and expected in err and err.count("\n") == 0, (expected, err)
+        assert time.monotonic() - start_at < 20  # refused before generating
+    assert sorted(os.listdir(small)) in ([], ["pngs"]) and not list(tmp_path.glob("x.*"))
+
+
+def test_generate_ctrl_c_and_kill_9_leave_no_temp(tmp_path, good):
+    exe = Path(sys.executable).parent / "gantrain-generate"
+    out = tmp_path / "big.npz"
+    for how in ("ctrl_c", "kill_9"):
+        proc = subprocess.Popen([str(exe), str(good), "-n", "2000000", "-o", str(out)], stderr=subprocess.PIPE,
+                                text=True)
+        wait_until(lambda: list(tmp_path.glob(".big.npz.tmp*")), proc)
+        proc.send_signal(signal.SIGINT if how == "ctrl_c" else signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        if how == "ctrl_c":
+            assert proc.returncode == 130 and "interrupted (Ctrl-C)" in err and "Traceback" not in err, err[-2000:]
+            assert not list(tmp_path.glob(".big.npz.tmp*"))  # its own temp removed on the way out
+        else:
+            assert list(tmp_path.glob(".big.npz.tmp*"))  # left by the killed writer ...
+    r = generate_cli(good, "-n", "4", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert not list(tmp_path.glob(".big.npz.tmp*")) and out.is_file()  # ... and removed by the next call

@@ -18,23 +18,22 @@ cache by a background thread (into pinned memory when the device is CUDA).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import struct
-import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gantrain.config import UserError
+from gantrain.data import decode
 from gantrain.data.base import Dataset, TensorDataset, uint8_to_float
+from gantrain.data.decode import _npy_header  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +242,7 @@ def build_mnist(cfg_data, *, device, seed, rank, world_size, resolution=None) ->
     res = int(resolution or _cfg(cfg_data, "resolution", 28))
     if res < 1:
         raise UserError(f"resolution {res} is invalid for {name}: it must be positive.")
+    decode.check_size(len(data), res, 1)
     data = fit_resolution(data, res)
     array = data.permute(0, 2, 3, 1).contiguous().numpy()        # (N, H, W, 1)
     return make_image_dataset(array, cfg_data, name=name, device=device, seed=seed, rank=rank,
@@ -332,58 +332,6 @@ def decode_image(path: str, resolution: int, channels: int) -> np.ndarray | None
     return arr
 
 
-def _npy_header(shape: Sequence[int], length: int | None = None) -> bytes:
-    """A .npy v1.0 header for uint8 C-order data, padded to ``length`` bytes (default: a multiple of 64)."""
-    body = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
-    body = body.encode("latin1")
-    if length is None:
-        length = 10 + len(body) + 1
-        length += -length % 64
-    pad = length - 10 - len(body) - 1
-    if pad < 0 or length - 10 > 0xFFFF:
-        raise ValueError("npy header does not fit")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", length - 10) + body + b" " * pad + b"\n"
-
-
-def _pool_context():
-    # fork: workers start at once and need not re-import the caller; they only use PIL and numpy.
-    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
-
-
-def decode_all(paths: Sequence[str], out, *, resolution: int, channels: int, workers: int, progress: bool,
-               desc: str) -> tuple[int, list[str]]:
-    """Decode ``paths`` in order, writing each readable image's bytes to the binary file ``out``.
-
-    Returns (number written, unreadable paths)."""
-    from tqdm.auto import tqdm
-
-    fn = functools.partial(decode_image, resolution=resolution, channels=channels)
-    workers = max(1, min(workers, len(paths)))
-    written, bad = 0, []
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
-    pool = None
-    try:
-        if workers == 1:
-            results = map(fn, paths)
-        else:
-            pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
-            results = pool.map(fn, paths, chunksize=max(1, min(256, len(paths) // (workers * 8))))
-        for path, arr in zip(paths, results):
-            if arr is None:
-                bad.append(path)
-            else:
-                out.write(arr.tobytes())
-                written += 1
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return written, bad
-
-
 class ImageCache:
     """The decoded cache of one (file list, resolution, channels): ``<dir>/<name>-<hash>.npy`` plus a
     ``.json`` beside it (format version, count, unreadable files)."""
@@ -424,27 +372,9 @@ class ImageCache:
         return arr, meta, None
 
     def build(self, *, workers: int, progress: bool, desc: str) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        n, r, c = len(self.files), self.resolution, self.channels
-        header = _npy_header((n, r, r, c))
-        try:
-            with open(tmp, "wb") as f:
-                f.write(header)
-                count, bad = decode_all([p for p, _, _ in self.files], f, resolution=r, channels=c,
-                                        workers=workers, progress=progress, desc=desc)
-                f.seek(0)
-                f.write(_npy_header((count, r, r, c), length=len(header)))   # the real count, same length
-                f.flush()
-                os.fsync(f.fileno())
-            meta = {"version": CACHE_VERSION, "count": count, "resolution": r, "channels": c, "files": n,
-                    "unreadable": len(bad), "unreadable_examples": [os.path.basename(p) for p in bad[:5]]}
-            tmp_meta = self.meta_path.with_name(f".{self.meta_path.name}.{os.getpid()}.tmp")
-            tmp_meta.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp_meta, self.meta_path)
-            os.replace(tmp, self.path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        decode.write_cache(decode_image, [p for p, _, _ in self.files], self.path, self.meta_path,
+                           version=CACHE_VERSION, resolution=self.resolution, channels=self.channels,
+                           workers=workers, progress=progress, desc=desc)
 
     def get(self, *, workers: int, progress: bool, desc: str) -> tuple[np.ndarray, dict]:
         from filelock import FileLock
@@ -540,6 +470,7 @@ def build_folder(cfg_data, *, device, seed, rank, world_size, resolution=None, p
         if not files:
             raise UserError(f"no image files found in {root} (searched recursively for "
                             f"{', '.join(sorted(IMAGE_EXTENSIONS))}); point data.root at a folder of images.")
+    decode.check_size(len(files), res, channels)   # an absurd resolution, before anything is decoded
     cache_dir, in_root = _cache_dir(cfg_data, root)
     cache = ImageCache(files, top=top, cache_dir=cache_dir, name=name, resolution=res, channels=channels,
                        location_independent=in_root)
