@@ -46,7 +46,7 @@ def test_training_step_never_waits_for_the_device(tmp_path, mnist_root, case):
     assert all(r.where.startswith("torch/optim/") for r in in_step)
     # ... and the loop's reads, in the periodic part of the log steps only: one read of the accumulators
     logs = [r for r in recorder.reads if r.phase == "periodic" and r.where.startswith("gantrain/train.py")
-            and r.where.endswith("(train)")]
+            and r.where.endswith("(_train)")]  # the loop body (train() wraps _train())
     assert [r.step for r in logs] == [4, 8, 12]
     text, waited = syncs.report(recorder, device, STEPS)
     assert not waited and "reads that wait for the device: 0" in text
