@@ -89,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     G, is_ema = load_generator(ckpt, device)  # checks the config and data_shape it needs
     shape = tuple(int(s) for s in ckpt["data_shape"])
     data = build_dataset(cfg_data, device=device, seed=0, resolution=shape[-1] if len(shape) == 3 else None,
-                         progress=True)
+                         progress=True, labels=bool(ckpt.get("class_names")))  # conditional: class_accuracy
     try:
         if tuple(data.shape) != shape:
             raise UserError(f"the data set now has shape {tuple(data.shape)} but the checkpoint was trained on "

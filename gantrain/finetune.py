@@ -37,6 +37,7 @@ def check_compatible(saved: dict[str, Any], cfg: DictConfig, shape: tuple[int, .
                         f"run's data has shape {tuple(shape)}: use data of that shape (data.resolution, "
                         "data.channels).")
     old = flatten({"model": saved["config"]["model"]})
+    old.setdefault("model.conditional", False)  # checkpoints from before model.conditional existed
     new = flatten({"model": OmegaConf.to_container(cfg.model, resolve=True)})
     for key in sorted(set(old) | set(new), key=lambda k: (k.count("."), k)):  # model.z_dim before its copies
         if old.get(key) != new.get(key) and key not in MAY_DIFFER:

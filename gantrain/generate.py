@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gantrain import interrupts, media, output_limits
+from gantrain import generate_classes, interrupts, media, output_limits
 from gantrain.config import UserError
 from gantrain.models import sample as _forward  # fixed noise: a seed fixes the output
 
@@ -89,6 +89,14 @@ def load_generator(ckpt: dict[str, Any], device: torch.device) -> tuple[nn.Modul
     except (KeyError, TypeError) as e:
         raise UserError(f"the checkpoint has no model.generator config or data_shape ({e}): it was not written "
                         "by gantrain's training loop.") from None
+    if ckpt.get("class_names"):  # a conditional run's G(z, c) (gantrain/models/conditional.py)
+        from gantrain.models.conditional import conditional_node
+
+        try:
+            node = conditional_node(node, len(ckpt["class_names"]))
+        except (ValueError, AttributeError, TypeError) as e:
+            raise UserError(f"the checkpoint's conditional generator cannot be rebuilt ({e}): the file is damaged "
+                            "or was edited.") from None
     try:
         G = _build(node, shape=shape)
     except UserError:
@@ -115,12 +123,13 @@ def _latents(n: int, z_dim: int, seed: int) -> Iterator[torch.Tensor]:
 
 
 def samples(G: nn.Module, n: int, seed: int, psi: float | None, device: torch.device,
-            progress: bool) -> Iterator[torch.Tensor]:
-    """Batches of generated samples (float32, CPU), ``n`` in all."""
+            progress: bool, cols: int | None = None) -> Iterator[torch.Tensor]:
+    """Batches of generated samples (float32, CPU), ``n`` in all; ``cols``: rows of the same ``cols``
+    latents (``--class all``, gantrain/generate_classes.py)."""
     from tqdm import tqdm
 
     with torch.no_grad(), tqdm(total=n, disable=not progress, unit="sample", desc="generating") as bar:
-        for z in _latents(n, G.z_dim, seed):
+        for z in generate_classes.latents(lambda k: _latents(k, G.z_dim, seed), n, cols):
             out = _forward(G, z.to(device), psi).float().cpu()
             bar.update(len(z))
             yield out
@@ -191,7 +200,7 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool) -> None:
+def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool, nrow: int | None = None) -> None:
     tmp = _tmp(out)
     if curves:
         import matplotlib
@@ -211,7 +220,7 @@ def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool)
         fig.savefig(tmp, format="png")
         plt.close(fig)
     else:
-        nrow = max(1, math.ceil(math.sqrt(n)))
+        nrow = nrow or max(1, math.ceil(math.sqrt(n)))
         tiles = None
         done = 0
         # make_grid's layout (padding 2), tiled by hand so that batches go straight into the uint8 canvas and
@@ -231,8 +240,10 @@ def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool)
     os.replace(tmp, out)
 
 
-def write_npz(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool) -> None:
-    """Stream the samples into the .npz (a zip of one .npy) batch by batch: memory stays bounded."""
+def write_npz(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool,
+              labels: np.ndarray | None = None) -> None:
+    """Stream the samples into the .npz (a zip of one .npy) batch by batch: memory stays bounded.
+    ``labels``: the samples' classes (conditional checkpoints), stored as ``labels``."""
     tmp = _tmp(out)
     first = next(batches)
     arr = first.numpy().astype(np.float32) if curves else to_uint8(first)
@@ -246,6 +257,10 @@ def write_npz(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool) 
         for b in batches:
             arr = b.numpy().astype(np.float32) if curves else to_uint8(b)
             f.write(np.ascontiguousarray(arr).tobytes())
+    if labels is not None:
+        with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_STORED, allowZip64=True) as zf, \
+                zf.open("labels.npy", "w") as f:
+            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
     os.replace(tmp, out)
 
 
@@ -323,6 +338,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="frames between keyframes of a .gif or .mp4 (default 16)")
     p.add_argument("--style-mix", nargs=2, default=None, metavar=("ROWS", "COLS"),
                    help="StyleGAN, -o X.png: the style-mixing figure; ROWS, COLS: comma-separated seeds, e.g. 1,2,3 7,8")
+    p.add_argument("--class", dest="klass", default=None, metavar="K|NAME|all",
+                   help="class-conditional checkpoints: samples of class K (index or name), or all: one row per "
+                        f"class of -n samples (default {generate_classes.ALL_PER_CLASS})")
     p.add_argument("--device", default="auto", metavar="D", help="auto (cuda if present), cpu, cuda or cuda:K")
     return p.parse_args(argv)
 
@@ -355,6 +373,20 @@ def generate(args: argparse.Namespace) -> str:
 
     ckpt = checkpoint.load(args.ckpt, map_location="cpu")   # a CUDA checkpoint loads on a CPU-only machine
     G, used_ema = load_generator(ckpt, device)
+    names = ckpt.get("class_names")   # a class-conditional checkpoint (gantrain/generate_classes.py)
+    wanted = generate_classes.resolve(args.klass, names, ckpt.get("model", type(G).__name__))
+    cols = labels = None
+    if wanted is not None and (args.style_mix is not None or (video and len(wanted) > 1)):
+        raise UserError(f"--class {args.klass} does not apply to {'--style-mix' if args.style_mix else 'a video'}: "
+                        "use --class K with a video, or -o something.png.")
+    if names and args.style_mix is None:
+        if video:
+            G = generate_classes.Conditioned(G, torch.tensor(wanted or [0]))
+        else:
+            if wanted is not None and len(wanted) > 1 and args.n is None:
+                n = generate_classes.ALL_PER_CLASS
+            G, n, cols = generate_classes.plan(G, wanted, len(names), n)
+            labels = generate_classes.labels_of(G, n).numpy()
     if args.truncation is not None and not getattr(G, "supports_truncation", False):
         raise UserError(f"--truncation applies only to models with a truncation trick (StyleGAN); this "
                         f"checkpoint's model ({ckpt.get('model', type(G).__name__)}) has none: leave it out.")
@@ -374,8 +406,9 @@ def generate(args: argparse.Namespace) -> str:
         write(interpolation(G, n, between, seed, args.truncation, device, progress), out, curves)
         what = f"a {n * (between + 1)}-frame interpolation through {n} keyframes"
     else:
-        batches = samples(G, n, seed, args.truncation, device, progress)
-        {"grid": write_grid, "npz": write_npz, "dir": write_dir}[kind](batches, out, n, curves)
+        batches = samples(G, n, seed, args.truncation, device, progress, cols)
+        extra = {"grid": {"nrow": cols}, "npz": {"labels": labels}, "dir": {}}[kind]
+        {"grid": write_grid, "npz": write_npz, "dir": write_dir}[kind](batches, out, n, curves, **extra)
         what = f"{n} samples"
     which = "EMA generator" if used_ema else "generator"
     return f"wrote {what} to {out} ({which} at step {ckpt.get('step')}, seed {seed})"

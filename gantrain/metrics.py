@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gantrain import checkpoint, prdc
+from gantrain import checkpoint, classes, prdc
 from gantrain.config import UserError
 from gantrain.models import sample
 
@@ -65,7 +65,8 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "is": ("is",),
 }
 BACKEND_OF = {name: backend for backend, names in BACKENDS.items() for name in names}
-HIGHER_IS_BETTER = frozenset({"class_coverage", *prdc.PRDC_NAMES, "is"})
+BACKEND_OF["class_accuracy"] = "classifier"   # conditional runs only (gantrain/classes.py)
+HIGHER_IS_BETTER = frozenset({"class_coverage", "class_accuracy", *prdc.PRDC_NAMES, "is"})
 MNIST_LIKE = prdc.MNIST_LIKE
 CLASSIFIER_VERSION = 2
 RANDCNN_VERSION = 2
@@ -492,6 +493,8 @@ class Evaluator:
         self.batch_size = int(mcfg.batch_size)
         names = list(mcfg.names) if mcfg.names else default_names(data)
         names += [n for n in prdc.PRDC_NAMES if mcfg.prdc and n not in names]
+        self.num_classes = len(data.class_names) if data.labels is not None else None  # conditional G(z, c)
+        names += classes.default_metric(names, self.num_classes, explicit=bool(mcfg.names))
         self._check_names(names, data, mcfg)
         explicit_names = bool(mcfg.names)
 
@@ -615,6 +618,10 @@ class Evaluator:
         net.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                if self.num_classes:  # sample i (of all ranks) is of class i % K: see classes.class_accuracy
+                    c = (torch.arange(len(z)) + offset) % self.num_classes
+                    return torch.cat([sample(net, zb.to(self.device), c=cb.to(self.device)).float()
+                                      for zb, cb in zip(z.split(self.batch_size), c.split(self.batch_size))])
                 return torch.cat([sample(net, c.to(self.device)).float() for c in z.split(self.batch_size)])
         finally:
             net.train(was_training)
@@ -633,6 +640,8 @@ class Evaluator:
         out: dict[str, float] = {}
         for name, backend in self.backends.items():
             out.update(backend.statistics(feats[name].cpu(), set(self.names)))  # cheap ones compute all
+        if "class_accuracy" in self.names:
+            out["class_accuracy"] = classes.class_accuracy(feats["classifier"][:, -1].cpu(), self.num_classes)
         return {n: out[n] for n in self.names}
 
     def score(self, fake: torch.Tensor) -> dict[str, float]:

@@ -84,20 +84,33 @@ def _micro(t: Trainee, net: nn.Module, *tensors: torch.Tensor):
     return [(no_sync if i < k - 1 else nullcontext, c) for i, c in enumerate(chunks)]
 
 
-def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
+def _cls(c: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The extra argument of a conditional network: ``(c,)``, or nothing for an unconditional run."""
+    return () if c is None else (c,)
+
+
+def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int, real_c: torch.Tensor | None = None,
+           fake_c: torch.Tensor | None = None):
     """One D step; returns (loss_D, D(real), D(fake)) as tensors (nothing is read back). ``loss_D`` is the
-    GAN loss without the lazy R1 term, so the logged curve does not jump on the steps R1 is due."""
+    GAN loss without the lazy R1 term, so the logged curve does not jump on the steps R1 is due.
+    Conditional runs pass the reals' classes ``real_c`` and the classes ``fake_c`` to generate; R1 and the
+    gradient penalty score their images with the reals' classes."""
     for p in t.D.parameters() if t.d_params is None else t.d_params:
         p.requires_grad_(True)
-    critic = t.D if t.augment is None else lambda x: t.D(t.augment(x))  # the regularisers see what D sees
     t.opt_D.zero_grad(set_to_none=True)
     losses, reals, fakes = [], [], []
-    for sync, (real_k, z_k) in _micro(t, t.D_learn, real, z):
+    tensors = (real, z) if real_c is None else (real, z, real_c, fake_c)
+    for sync, (real_k, z_k, *cs) in _micro(t, t.D_learn, *tensors):
+        rc, fc = cs or (None, None)
+
+        def critic(x, rc=rc):  # the regularisers see what D sees
+            return t.D(_seen(t, x), *_cls(rc))
+
         with sync():
             with t.autocast():
                 with torch.no_grad():
-                    fake = t.G_run(z_k)
-                d_real, d_fake = t.D_learn(_seen(t, real_k)), t.D_learn(_seen(t, fake))
+                    fake = t.G_run(z_k, *_cls(fc))
+                d_real, d_fake = t.D_learn(_seen(t, real_k), *_cls(rc)), t.D_learn(_seen(t, fake), *_cls(fc))
                 loss_D = t.loss.d_loss(d_real, d_fake)
             objective = loss_D
             if t.loss.r1_due(d_index):
@@ -117,21 +130,24 @@ def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int):
     return loss_D, d_real, d_fake
 
 
-def g_step(t: Trainee, z: torch.Tensor, g_index: int | None = None) -> torch.Tensor:
+def g_step(t: Trainee, z: torch.Tensor, g_index: int | None = None,
+           c: torch.Tensor | None = None) -> torch.Tensor:
     """One G step (the ``g_index``-th, 0-based: lazy path-length regularisation when due); returns loss_G
-    without the regulariser. D is frozen and called plain: no gradients reach its weights."""
+    without the regulariser. D is frozen and called plain: no gradients reach its weights.
+    ``c``: the classes to generate (conditional runs); D scores each fake with its class."""
     t.D.requires_grad_(False)
     pl = t.loss.path_length
     pl_due = pl is not None and pl.due(g_index)
     t.opt_G.zero_grad(set_to_none=True)
     losses = []
-    for sync, (z_k,) in _micro(t, t.G_learn, z):
+    for sync, (z_k, *cs) in _micro(t, t.G_learn, *((z,) if c is None else (z, c))):
         with sync():
             with t.autocast():
-                loss_G = t.loss.g_loss(t.D_run(_seen(t, t.G_learn(z_k))))
+                loss_G = t.loss.g_loss(t.D_run(_seen(t, t.G_learn(z_k, *cs)), *cs))
             objective = loss_G
             if pl_due:  # through the plain G, like R1 through the plain D; per micro-batch, as R1 and GP
-                objective = loss_G + pl.penalty(getattr(t.G_run, "_orig_mod", t.G_run), z_k)
+                G_plain = getattr(t.G_run, "_orig_mod", t.G_run)
+                objective = loss_G + pl.penalty(G_plain, G_plain.condition(z_k, *cs) if cs else z_k)
             t.scaler_G.scale(objective / t.accumulate if t.accumulate > 1 else objective).backward()
         losses.append(loss_G.detach())
     t.scaler_G.step(t.opt_G)

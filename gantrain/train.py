@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gantrain import checkpoint, distributed, finetune, rundir, runs, threads
+from gantrain import checkpoint, classes, distributed, finetune, rundir, runs, threads
 from gantrain.augment import build_augment
 from gantrain.best import Best
 from gantrain.config import UserError, validate
@@ -234,6 +234,7 @@ def check_resumable(saved: dict, cfg: DictConfig, shape: tuple[int, ...]) -> Non
         raise UserError(f"the checkpoint was trained on data of shape {tuple(saved['data_shape'])} but this run's "
                         f"data has shape {tuple(shape)}: resume with the same data (and data.resolution).")
     old, new = flatten(saved["config"]), flatten(OmegaConf.to_container(cfg, resolve=True))
+    old.setdefault("model.conditional", False)  # checkpoints from before model.conditional existed
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key) or key.startswith(RESUME_SAFE):
             continue
@@ -275,12 +276,13 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     # ---- data (real batches already on the device)
     resolution = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
     data = build_dataset(cfg.data, device=device, seed=cfg.seed, rank=rank, world_size=world,
-                         resolution=resolution, progress=main_proc)
+                         resolution=resolution, progress=main_proc, labels=classes.is_conditional(cfg.model))
     shape, batch = tuple(data.shape), cfg.data.batch_size
+    num_classes = len(data.class_names) if classes.is_conditional(cfg.model) else None  # model.conditional
 
     # ---- models, sized from the data
-    G = build_network(cfg.model.generator, "generator", shape).to(device)
-    D = build_network(cfg.model.discriminator, "discriminator", shape).to(device)
+    G, D = (build_network(classes.network_node(cfg.model, net, num_classes), net, shape).to(device)
+            for net in ("generator", "discriminator"))
     check_networks(cfg.loss, G, D)  # WGAN-GP: no BatchNorm in the critic; path length: StyleGAN's G
     finetune.freeze_d(D, cfg.model.get("freeze_d") or 0, cfg.model.name)  # FreezeD: before DDP wraps D
     channels_last = cfg.trainer.channels_last and len(shape) == 3
@@ -356,6 +358,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             "health": health.state_dict() if health is not None else None,
             "early_stop": early.state_dict() if early is not None else None,
             "loss": nets.loss.state_dict(), "best": best.state_dict() if best is not None else None,
+            **({"class_names": data.class_names} if num_classes else {}),  # conditional: G(z, c) for these
             "config": OmegaConf.to_container(cfg, resolve=True),
             "overrides": runs.task_overrides(),  # how the run was started (resume=PATH composes with them)
         }
@@ -405,8 +408,15 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         was_training = net.training
         net.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            fake = torch.cat([sample(net, z) for z in grid_z.split(256)])  # fixed noise: grids comparable
-            if data.kind == "curve":
+            if num_classes:  # one row per class, the same latents in every row, class names in front
+                z_index, grid_c, cols = classes.grid_layout(num_classes, len(grid_z))
+                fake = torch.cat([sample(net, z, c=c) for z, c in zip(grid_z[z_index.to(device)].split(256),
+                                                                      grid_c.to(device).split(256))])
+            else:
+                fake = torch.cat([sample(net, z) for z in grid_z.split(256)])  # fixed noise: grids comparable
+            if num_classes:
+                tb.images("samples", classes.labelled_rows(fake, data.class_names, cols), step, nrow=cols + 1)
+            elif data.kind == "curve":
                 tb.figure("samples", curves_figure(fake, data.real_samples(16), getattr(data, "x", None)), step)
             else:
                 tb.images("samples", fake, step)
@@ -443,9 +453,15 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                     real = data.batch(d_index, batch)
                     if channels_last:
                         real = real.contiguous(memory_format=torch.channels_last)
-                    loss_D, d_real, d_fake = d_step(nets, real, torch.randn(batch, z_dim, device=device), d_index)
+                    z = torch.randn(batch, z_dim, device=device)
+                    cond = {} if not num_classes else {  # the reals' classes, uniform classes for the fakes
+                        "real_c": data.batch_labels(d_index, batch),
+                        "fake_c": classes.fake_classes(batch, num_classes, device)}
+                    loss_D, d_real, d_fake = d_step(nets, real, z, d_index, **cond)
                 # G step: fresh fakes labelled real, D frozen; only G changes
-                loss_G = g_step(nets, torch.randn(batch, z_dim, device=device), step)
+                z = torch.randn(batch, z_dim, device=device)
+                loss_G = g_step(nets, z, step,
+                                classes.fake_classes(batch, num_classes, device) if num_classes else None)
                 step += 1
                 if ema is not None:
                     ema.update(G, images_seen=step * batch * world, batch=batch * world)

@@ -15,6 +15,7 @@ import torch
 
 from gantrain.config import UserError
 from gantrain.data import images
+from gantrain.data import labels as class_labels
 from gantrain.data.base import Dataset, TensorDataset
 from gantrain.data.images import StreamingImageDataset
 from gantrain.data.sine import SineDataset
@@ -27,15 +28,18 @@ __all__ = ["NAMES", "Dataset", "SineDataset", "StreamingImageDataset", "TensorDa
 
 
 def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,
-                  resolution: int | None = None, progress: bool = True) -> Dataset:
+                  resolution: int | None = None, progress: bool = True, labels: bool = False) -> Dataset:
     """Build the data set named by ``cfg_data.name`` (the ``data`` config node).
 
     ``resolution``: the image size the model needs. MNIST-like data (28x28) is padded with the
     background value (0, i.e. -1 after scaling to [-1, 1]) up to it, or resized down to it; for
     celeba/folder it overrides ``data.resolution``. Ignored for sine curves.
     ``progress``: show a progress bar while decoding images (pass ``rank == 0``).
+    ``labels``: also the class of every example (``ds.labels``, ``ds.batch_labels``; gantrain/data/labels.py).
     """
     name = cfg_data.name
+    if labels:
+        class_labels.check_labelled(str(name))
     device = torch.device(device)
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size)
     if name == "sine":
@@ -49,6 +53,8 @@ def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 
         ds = images.build_folder(cfg_data, resolution=resolution, progress=progress, **common)
     else:
         raise UserError(f"data.name={name} is unknown: choose one of {', '.join(NAMES)}.")
+    if labels:
+        class_labels.attach(ds, cfg_data)
     log.info("data %s: %d examples of shape %s for this process, %s on %s", ds.name, ds.num_examples,
              ds.shape, "streamed" if isinstance(ds, StreamingImageDataset) else "resident", device)
     return ds

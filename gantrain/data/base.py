@@ -49,6 +49,8 @@ class Dataset:
     shape: tuple[int, ...]         # (C, H, W) for images, (L,) for curves
     num_examples: int              # examples visible to this rank
     name: str
+    labels: torch.Tensor | None = None     # int64 class of each stored example, on the device (labels.py)
+    class_names: list[str] | None = None
 
     def __init__(self, *, name: str, kind: str, shape: tuple[int, ...], total: int, device: torch.device,
                  seed: int = 0, rank: int = 0, world_size: int = 1, xflip: bool = False) -> None:
@@ -114,6 +116,16 @@ class Dataset:
         epoch, start = self._position(step, batch_size)
         idx = self._epoch_permutation_device(epoch)[start:start + batch_size]
         return self._gather(idx)
+
+    def batch_labels(self, step: int, batch_size: int) -> torch.Tensor:
+        """The classes of ``batch(step, batch_size)``: the same indices into ``labels`` (int64, device)."""
+        epoch, start = self._position(step, batch_size)
+        idx = self._epoch_permutation_device(epoch)[start:start + batch_size]
+        return self.labels[idx % self.stored]
+
+    def real_labels(self, n: int) -> torch.Tensor:
+        """The classes of ``real_samples(n)``."""
+        return self.labels[to_device(self._fixed_indices(n), self.device) % self.stored]
 
     def real_samples(self, n: int) -> torch.Tensor:
         """``n`` fixed examples (the same on every call, every rank and every run seed)."""

@@ -187,13 +187,17 @@ class Generator(nn.Module):
         """Per sample, with probability style_mixing_prob, styles from a crossover layer drawn in
         [1, num_ws) on come from a second latent. No host synchronisation, no w_avg update."""
         n = ws.shape[0]
-        ws2 = self._map(torch.randn_like(z)).unsqueeze(1).repeat(1, self.num_ws, 1)
+        ws2 = self._map(self._fresh_latent(z)).unsqueeze(1).repeat(1, self.num_ws, 1)
         ws2 = self._truncate(ws2, psi, truncation_cutoff)
         cutoff = torch.randint(1, self.num_ws, (n, 1), device=ws.device)
         mixed = torch.rand(n, 1, device=ws.device) < self.style_mixing_prob
         cutoff = torch.where(mixed, cutoff, torch.full_like(cutoff, self.num_ws))
         keep = torch.arange(self.num_ws, device=ws.device).unsqueeze(0) < cutoff     # (N, num_ws)
         return torch.where(keep.unsqueeze(2), ws, ws2)
+
+    def _fresh_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """The second latent of style mixing (the conditional generator keeps the class)."""
+        return torch.randn_like(z)
 
     # -- synthesis --------------------------------------------------------------------------
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
