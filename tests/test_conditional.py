@@ -127,6 +127,17 @@ def test_each_model_trains_conditionally(tmp_path, mnist_root, model, extra):
     assert ckpt["class_names"] == [str(k) for k in range(10)]
     assert any(k.startswith("embed") or ".gain." in k for k in ckpt["G"]), "no class embedding in G"
     assert "embed.weight" in ckpt["D"] or "embed.parametrizations.weight.original" in ckpt["D"]
+    if model == "gan":  # the grid: one row per class (a name tile + 20 // 10 = 2 samples), padding 2
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0}).Reload()
+        image = acc.Images("samples")[-1]
+        assert (image.width, image.height) == (2 + 3 * 30, 2 + 10 * 30)
+
+
+def test_cdcgan_preset_is_conditional():
+    cfg = make_cfg("experiment=cdcgan_mnist")
+    assert cfg.model.name == "dcgan" and cfg.model.conditional is True and cfg.data.name == "mnist"
 
 
 def test_conditional_resume_is_bit_exact(tmp_path, mnist_root):
