@@ -15,7 +15,6 @@ from gantrain.data import build_dataset
 from gantrain.models import conditional
 from gantrain.train import train
 from tests.conftest import MNIST_TRAIN, write_idx
-from tests.test_metrics import digit_root  # noqa: F401 (a fixture)
 from tests.utils import FAST, make_cfg, tiny
 
 COND = ["model.conditional=true"]
@@ -245,9 +244,15 @@ class Lookup(torch.nn.Module):
         return self.bank[(c + self.shift) % self.num_classes]
 
 
-def test_class_accuracy_is_the_share_generated_in_the_asked_class(tmp_path, data_cfg, digit_root):
+def test_class_accuracy_is_the_share_generated_in_the_asked_class(tmp_path, data_cfg):
     from gantrain.metrics import build_evaluator
-    from tests.test_metrics import mcfg
+    from tests.test_metrics import digits, mcfg
+
+    digit_root = tmp_path / "digits"   # test_metrics' rendered digits, written as MNIST IDX
+    for split, n, seed in (("train", 300, 0), ("t10k", 100, 1)):
+        x, y = digits(n, seed)
+        write_idx(digit_root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", x)
+        write_idx(digit_root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", y)
 
     cfg_data = data_cfg("mnist", root=str(digit_root))
     data = build_dataset(cfg_data, device=torch.device("cpu"), labels=True)
