@@ -493,7 +493,7 @@ class Evaluator:
         self.batch_size = int(mcfg.batch_size)
         names = list(mcfg.names) if mcfg.names else default_names(data)
         names += [n for n in prdc.PRDC_NAMES if mcfg.prdc and n not in names]
-        self.num_classes = len(data.class_names) if data.labels is not None else None  # conditional G(z, c)
+        self.num_classes = len(data.class_names) if getattr(data, "labels", None) is not None else None  # G(z, c)
         names += classes.default_metric(names, self.num_classes, explicit=bool(mcfg.names))
         self._check_names(names, data, mcfg)
         explicit_names = bool(mcfg.names)
@@ -618,7 +618,7 @@ class Evaluator:
         net.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                if self.num_classes:  # sample i (of all ranks) is of class i % K: see classes.class_accuracy
+                if getattr(self, "num_classes", None):  # sample i (of all ranks) has class i % K (class_accuracy)
                     c = (torch.arange(len(z)) + offset) % self.num_classes
                     return torch.cat([sample(net, zb.to(self.device), c=cb.to(self.device)).float()
                                       for zb, cb in zip(z.split(self.batch_size), c.split(self.batch_size))])
