@@ -410,6 +410,8 @@ def generate(args: argparse.Namespace) -> str:
         extra = {"grid": {"nrow": cols}, "npz": {"labels": labels}, "dir": {}}[kind]
         {"grid": write_grid, "npz": write_npz, "dir": write_dir}[kind](batches, out, n, curves, **extra)
         what = f"{n} samples"
+        if wanted is not None:
+            what += f" of class {names[wanted[0]]}" if len(wanted) == 1 else f", one row of {cols} per class"
     which = "EMA generator" if used_ema else "generator"
     return f"wrote {what} to {out} ({which} at step {ckpt.get('step')}, seed {seed})"
 
