@@ -135,6 +135,8 @@ def run_finetune(args, root: Path, record) -> None:
 
 
 def render(results: list[dict], command: str) -> str:
+    # one row per (run, seed, step): a run split over processes scores the shared pretrained model more than once
+    results = list({(r["bench"], r["variant"], r["seed"], r.get("step")): r for r in results}.values())
     lines = [f"Command: `{command}`; {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, CPU, 1 thread. "
              "DCGAN with base_channels=16, batch 64; classifier_fd against held-out digits (↓ lower is better); "
              "mean ± standard deviation over seeds.", ""]
