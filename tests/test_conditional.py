@@ -267,3 +267,29 @@ def test_class_accuracy_is_the_share_generated_in_the_asked_class(tmp_path, data
                                                    torch.device("cpu")).names
     with pytest.raises(UserError, match="class_accuracy needs a class-conditional model"):
         build_evaluator(mcfg(tmp_path, names=["class_accuracy"]), plain, cfg_data, torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------- 2 ranks
+def test_two_ranks_train_one_conditional_model(tmp_path, mnist_root):
+    """Each rank draws its shard's labels with its images; the ranks end with the same G and D (embeddings
+    included), R1 and the metrics (class_accuracy over both ranks' samples) on the way."""
+    from gantrain import distributed
+    from tests.test_distributed import _train_and_dump
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = make_cfg("log.progress_bar=false", "trainer.device=cpu", *tiny("gan"), *COND, *mnist(mnist_root),
+                   "trainer.max_steps=4", "data.batch_size=8",
+                   "loss.r1_gamma=1", "loss.r1_interval=2", "log.every_n_steps=2", "metrics.every_n_steps=4",
+                   "metrics.num_samples=30", "metrics.classifier_steps=5", f"metrics.cache_dir={tmp_path / 'mc'}",
+                   "trainer.devices=2")
+    distributed.run(_train_and_dump, cfg, str(run_dir))
+    d0, d1 = torch.load(tmp_path / "dumps" / "rank0.pt"), torch.load(tmp_path / "dumps" / "rank1.pt")
+    assert any("embed" in k for k in d0["D"])
+    for net in ("G", "D"):
+        for k in d0[net]:
+            assert torch.equal(d0[net][k], d1[net][k]), f"{net}.{k} differs between the ranks"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    assert 0.0 <= acc.Scalars("Metrics/class_accuracy")[-1].value <= 1.0
