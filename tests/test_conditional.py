@@ -117,6 +117,7 @@ def test_conditional_networks_use_the_class(model):
 @pytest.mark.parametrize("model,extra", [
     ("gan", []),
     ("dcgan", ["augment=diffaug"]),
+    ("dcgan", ["loss=wgan_gp", "optim=wgan_gp", "model.discriminator.batch_norm=false", "trainer.d_steps=2"]),
     ("stylegan", ["loss.r1_interval=2", "trainer.accumulate=2"]),
 ])
 def test_each_model_trains_conditionally(tmp_path, mnist_root, model, extra):
