@@ -173,6 +173,9 @@ def export(args: argparse.Namespace) -> str:
     if args.truncation is not None and not math.isfinite(args.truncation):
         raise UserError(f"--truncation {args.truncation} is not a number: use e.g. --truncation 0.7.")
     ckpt = load_checkpoint(args.ckpt)
+    if ckpt.get("class_names"):   # G(z, c): the exported graph takes z only
+        raise UserError("gantrain-export does not export class-conditional generators (model.conditional=true) yet: "
+                        "the exported model would take no class; use gantrain-generate --class instead.")
     G, used_ema = load_generator(ckpt, torch.device("cpu"))
     style = getattr(G, "supports_truncation", False)
     if not style and (args.truncation is not None or args.noise != "const"):
