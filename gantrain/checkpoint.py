@@ -230,7 +230,8 @@ def restoring(path: str | os.PathLike, field: str):
     try:
         yield
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        detail = " ".join(str(e).split()).rstrip(".") or type(e).__name__  # state_dict errors span lines
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
         raise UserError(f"checkpoint {path}: its {field} does not fit this run ({detail}); the file is damaged or "
                         "was edited: use another checkpoint.") from None
 
