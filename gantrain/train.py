@@ -38,7 +38,7 @@ from gantrain.early_stop import EarlyStop
 from gantrain.health import build_health
 from gantrain.losses import GANLoss, check_networks
 from gantrain.metrics import build_evaluator
-from gantrain.models import sample
+from gantrain.models import recompute_batchnorm, sample
 from gantrain.precision import resolve as resolve_precision
 from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
 from gantrain.summaries import Summaries, curves_figure, flatten, hparams_view, task_overrides
@@ -183,10 +183,16 @@ class EMA:
     As in stylegan2-ada, the half-life is ``ema_kimg`` thousand images, but at most ``rampup`` times the
     images seen so far, so short runs are not dominated by the random initialisation. Buffers (BatchNorm
     running statistics, StyleGAN's w_avg) are copied from G, not averaged: they are running averages already.
+    With ``bn="recompute"`` the BatchNorm statistics of the averaged weights are recomputed from their own
+    activations (fixed latents, :func:`gantrain.models.recompute_batchnorm`) whenever the EMA generator is
+    read (:meth:`generator`: grids, metrics, checkpoints): G's statistics do not fit weights they never saw.
     """
 
-    def __init__(self, G: torch.nn.Module, ema_kimg: float, rampup: float = 0.05):
-        self.ema_nimg, self.rampup, self.beta = ema_kimg * 1000, rampup, 0.0
+    def __init__(self, G: torch.nn.Module, ema_kimg: float, rampup: float = 0.05, bn: str = "copy"):
+        if bn not in ("copy", "recompute"):
+            raise UserError(f"model.ema_bn={bn} is unknown: choose copy or recompute.")
+        self.ema_nimg, self.rampup, self.beta, self.recompute_bn, self._stale = ema_kimg * 1000, rampup, 0.0, \
+            bn == "recompute", True
         self.model = AveragedModel(G, use_buffers=False)  # a frozen copy of G (and its n_averaged counter)
         self.model.eval().requires_grad_(False)
         self._params = list(self.model.module.parameters())  # loading a state dict copies into these
@@ -201,6 +207,18 @@ class EMA:
         self.model.n_averaged += 1  # stays on the CPU: no device work
         for b_ema, b in zip(self.model.module.buffers(), G.buffers()):
             b_ema.copy_(b)
+        self._stale = True
+
+    def generator(self) -> torch.nn.Module:
+        """The EMA generator to sample from (its BatchNorm statistics recomputed when asked)."""
+        if self.recompute_bn and self._stale:
+            recompute_batchnorm(self.model.module)
+            self._stale = False
+        return self.model.module
+
+    def state_dict(self) -> dict[str, Any]:
+        self.generator()  # recomputed statistics, when asked, are what a checkpoint's user samples with
+        return self.model.state_dict()
 
 
 @contextmanager
@@ -289,7 +307,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = distributed.prepare_models(G, D, cfg.trainer.sync_batchnorm, device)  # rank 0's weights everywhere
-    ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
+    ema = EMA(G, cfg.model.ema_kimg, bn=cfg.model.get("ema_bn", "copy")) if cfg.model.get("ema_kimg") else None
     # G_run/D_run: the plain networks; G_learn/D_learn: the ones trained (DDP wrappers with several ranks)
     G_run, D_run, G_learn, D_learn = distributed.training_views(G, D, device, cfg.trainer.compile)
 
@@ -350,7 +368,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         return {
             "format_version": checkpoint.FORMAT_VERSION, "step": step, "data_shape": list(shape),
             "model": cfg.model.name, "data": cfg.data.name,
-            "G": G.state_dict(), "D": D.state_dict(), "G_ema": ema.model.state_dict() if ema else None,
+            "G": G.state_dict(), "D": D.state_dict(), "G_ema": ema.state_dict() if ema else None,
             "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
             "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
             "grid_z": grid_z.cpu(), "rng": rng,
@@ -404,7 +422,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     def log_samples(step: int) -> None:
         if not main_proc:
             return
-        net = ema.model.module if ema else G
+        net = ema.generator() if ema else G
         was_training = net.training
         net.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -509,7 +527,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                 if step % cfg.log.sample_every_n_steps == 0 or step == cfg.trainer.max_steps:
                     log_samples(step)
                 if evaluator and evaluator.due(step, cfg.trainer.max_steps):
-                    scores = distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
+                    scores = distributed.evaluate(evaluator, ema.generator() if ema else G, step, tb)
                     if best is not None and best.update(evaluator.primary_value, step):  # the same on every rank
                         save(step, periodic=step % cfg.ckpt.every_n_steps == 0, keep_best=True)
                         tb.scalars(best.scalars(), step)
@@ -524,7 +542,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             if saved_step != step:  # not saved at this step already (by the periodic save)
                 save(step, periodic=False)
             if evaluator and not evaluator.last and not stop:  # resumed at max_steps: evaluate once
-                distributed.evaluate(evaluator, ema.model.module if ema else G, step, tb)
+                distributed.evaluate(evaluator, ema.generator() if ema else G, step, tb)
             if stop:
                 raise Interrupted(stop[0], last_saved if main_proc else None)
     finally:

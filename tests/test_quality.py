@@ -40,3 +40,23 @@ def test_digits_are_mnist_idx_read_by_the_loaders(tmp_path, monkeypatch):
     assert len(tv) == 20
     again = qdata.render_digits(60, 7)[0]
     assert np.array_equal(again[:40], x.numpy())                      # the same draw from the seed
+
+
+def test_mlp_generator_smooth_low_passes_curves_only():
+    import torch
+
+    from gantrain.models.conditional import MLPGenerator as CondG
+    from gantrain.models.mlp import Generator
+
+    torch.manual_seed(0)
+    raw = Generator((64,), z_dim=4, hidden=[32])
+    smooth = Generator((64,), z_dim=4, hidden=[32], smooth=2.0)
+    smooth.load_state_dict(raw.state_dict())                 # the kernel is not a weight: same state dict
+    z = torch.randn(16, 4)
+    with torch.no_grad():
+        a, b = raw(z), smooth(z)
+    assert b.shape == a.shape == (16, 64)
+    assert b.diff(dim=1).std() < 0.5 * a.diff(dim=1).std()    # point-to-point jumps damped
+    assert (b.mean(1) - a.mean(1)).abs().max() < 0.05         # the level kept (reflect padding, unit sum)
+    assert Generator((1, 8, 8), z_dim=4, hidden=[8], smooth=2.0).kernel is None
+    assert CondG((64,), num_classes=3, z_dim=4, hidden=[8], smooth=2.0).kernel is not None

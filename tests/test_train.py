@@ -103,6 +103,16 @@ def test_default_sine_run_learns_sines(tmp_path):
     assert is_ema
     assert before > 0.5, before
     assert after < 0.2, (before, after)
+    # gantrain's own sine metrics, with margin over the levels measured in docs/QUALITY.md (3 seeds)
+    from gantrain.data import build_dataset
+    from gantrain.metrics import build_evaluator
+
+    data = build_dataset(cfg.data, device=torch.device("cpu"))
+    ev = build_evaluator(make_cfg("metrics.cache_dir=" + str(tmp_path / "m")).metrics, data, cfg.data, "cpu")
+    scores = ev.evaluate(G)
+    fresh = ev.score(data.real_samples(1024))
+    assert scores["sine_phase_ks"] < 0.15 and scores["sine_amp_ks"] < 0.3, scores
+    assert scores["sine_residual"] < 1.5 * fresh["sine_residual"], (scores, fresh)
 
 
 @pytest.mark.parametrize("override,fragment", [
@@ -192,3 +202,35 @@ def test_ema_is_a_ramped_lerp_with_copied_buffers_and_no_host_reads():
     assert ema.model.n_averaged.item() == 1 and ema.model.n_averaged.device.type == "cpu"
     ema.update(G, images_seen=10**9, batch=16)        # long runs: the configured half-life, 10,000 images
     assert ema.beta == pytest.approx(0.5 ** (16 / 10_000))
+
+
+def test_ema_with_recomputed_batchnorm_has_statistics_of_its_own_weights():
+    from gantrain.models import dcgan
+    from gantrain.train import EMA
+
+    torch.manual_seed(0)
+    G = dcgan.Generator((1, 28, 28), z_dim=8, base_channels=4)
+    ema = EMA(G, ema_kimg=10, bn="recompute")
+    with torch.no_grad():
+        for p in G.parameters():
+            p.mul_(3.0)
+    G.train()(torch.randn(16, 8))                        # G's statistics: of G's (tripled) weights
+    ema.update(G, images_seen=10**6, batch=16)           # the EMA weights barely move
+    copied = [b.clone() for b in ema.model.module.buffers()]
+    rng = torch.get_rng_state()
+    net = ema.generator()
+    assert torch.equal(torch.get_rng_state(), rng)       # fixed latents of its own: training streams untouched
+    bn = net.net[1]
+    assert not torch.allclose(bn.running_var, copied[1])  # no longer G's statistics
+    # ... but those of the EMA weights' own activations, for the latents recompute_batchnorm draws
+    from gantrain.models import BN_SEED
+    g = torch.Generator().manual_seed(BN_SEED)
+    z = torch.cat([torch.randn(256, 8, generator=g) for _ in range(8)])
+    with torch.no_grad():
+        h = net.net[0](z.view(-1, 8, 1, 1))
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not net.training and not bn.training
+    state = ema.state_dict()                              # what a checkpoint stores: the recomputed ones
+    assert torch.equal(state["module.net.1.running_mean"], bn.running_mean)
+    with pytest.raises(UserError, match="model.ema_bn"):
+        EMA(G, ema_kimg=10, bn="average")

@@ -51,9 +51,9 @@ def _embedding(num_classes: int, dim: int, spectral_norm: bool = False) -> nn.Mo
 # ------------------------------------------------------------------------------------ generators
 class MLPGenerator(mlp.Generator):
     def __init__(self, shape: Sequence[int], num_classes: int, z_dim: int = 64,
-                 hidden: Sequence[int] = (256, 512, 1024), embed_dim: int | None = None):
+                 hidden: Sequence[int] = (256, 512, 1024), embed_dim: int | None = None, smooth: float = 0.0):
         e = int(embed_dim or min(z_dim, 64))
-        super().__init__(shape, z_dim=z_dim + e, hidden=hidden)
+        super().__init__(shape, z_dim=z_dim + e, hidden=hidden, smooth=smooth)
         self.z_dim, self.num_classes = z_dim, int(num_classes)
         self.embed = nn.Embedding(self.num_classes, e)
 

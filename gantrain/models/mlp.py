@@ -16,10 +16,18 @@ from torch import nn
 class Generator(nn.Module):
     supports_truncation = False
 
-    def __init__(self, shape: Sequence[int], z_dim: int = 64, hidden: Sequence[int] = (256, 512, 1024)):
+    def __init__(self, shape: Sequence[int], z_dim: int = 64, hidden: Sequence[int] = (256, 512, 1024),
+                 smooth: float = 0.0):
         super().__init__()
         self.shape = tuple(shape)
         self.z_dim = z_dim
+        kernel = None
+        if smooth > 0 and len(self.shape) == 1:  # curves: a fixed Gaussian low-pass of ``smooth`` points' sigma
+            half = max(1, math.ceil(3 * smooth))
+            t = torch.arange(-half, half + 1, dtype=torch.float32)
+            kernel = torch.exp(-0.5 * (t / smooth) ** 2)
+            kernel = (kernel / kernel.sum()).view(1, 1, -1)
+        self.register_buffer("kernel", kernel, persistent=False)
         layers: list[nn.Module] = []
         width = z_dim
         for h in hidden:
@@ -31,7 +39,12 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(z.shape[0], *self.shape)
+        out = self.net(z)
+        if self.kernel is not None:  # reflect padding: the ends are not pulled towards zero
+            pad = self.kernel.shape[-1] // 2
+            out = nn.functional.conv1d(nn.functional.pad(out.unsqueeze(1), (pad, pad), mode="reflect"),
+                                       self.kernel).squeeze(1)
+        return out.view(z.shape[0], *self.shape)
 
 
 class Discriminator(nn.Module):

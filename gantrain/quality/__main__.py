@@ -73,13 +73,28 @@ def data_overrides(case: Case, root: Path) -> tuple[list[str], list[str], str]:
              "metrics.num_samples=2048", *cache], str(train))
 
 
+def plot(G, scorer, path: Path) -> None:
+    """The sample figure gantrain logs (curves over real ones, or an image grid), as a PNG."""
+    from torchvision.utils import save_image
+
+    from gantrain.summaries import curves_figure, image_grid
+
+    fake = scorer.evaluator.generate(G, 64).cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if scorer.data.kind == "curve":
+        curves_figure(fake, scorer.data.real_samples(16), scorer.data.x).savefig(path)
+    else:
+        save_image(image_grid(fake, nrow=8), path)
+
+
 def run_gantrain(case: Case, data_ovr: list[str], variant: list[str], seed: int, steps: int, device: str,
-                 scorer) -> list[tuple[str, dict, float]]:
+                 scorer, plot_to: Path | None = None) -> list[tuple[str, dict, float]]:
     """Train with gantrain's train(); score the sampled generator (the EMA when there is one) and, when there
     is an EMA, also the raw G. Returns [(suffix, scores, seconds)]."""
     from gantrain.checkpoint import load
     from gantrain.cli import compose
     from gantrain.generate import load_generator
+    from gantrain.models import recompute_batchnorm
     from gantrain.train import train
 
     cfg = compose([f"model={case.model}", *data_ovr, f"data.batch_size={case.batch}", f"trainer.max_steps={steps}",
@@ -87,15 +102,19 @@ def run_gantrain(case: Case, data_ovr: list[str], variant: list[str], seed: int,
                    "log.sample_every_n_steps=1000000", "ckpt.every_n_steps=1000000", *variant])
     out = Path(tempfile.mkdtemp(prefix="gantrain-quality-"))
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train(cfg, out)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         ckpt = load(out / "checkpoints" / "last.pt")
         G, is_ema = load_generator(ckpt, torch.device(device))
-        rows = [("", scorer.score(G), seconds)]
+        rows = [("", {**scorer.score(G), "cpu_s": cpu}, seconds)]
+        if plot_to is not None:
+            plot(G, scorer, plot_to)
         if is_ema:
             raw, _ = load_generator({**ckpt, "G_ema": None}, torch.device(device))
             rows.append((" (raw G)", scorer.score(raw), seconds))
+            if recompute_batchnorm(G):  # the EMA with BatchNorm statistics of its own, not copied from G
+                rows.append((" (EMA, BN recomputed)", scorer.score(G), seconds))
         return rows
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -109,9 +128,10 @@ def run_textbook(case: Case, root: str, seed: int, steps: int, scorer) -> tuple[
     loader = textbook.loader_for(kind, root, case.batch, seed, curves)
     shape = tuple(curves.shape[1:]) if curves is not None else tuple(next(iter(loader))[0].shape[1:])
     loop = textbook.mlp_gan if case.model == "gan" else textbook.dcgan
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     G = loop(loader, shape, steps, seed)
-    return scorer.score(G), time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    return {**scorer.score(G), "cpu_s": cpu}, time.perf_counter() - t0
 
 
 def fmt(values: list[float]) -> str:
@@ -122,20 +142,24 @@ def fmt(values: list[float]) -> str:
 
 
 def render(results: list[dict], command: str) -> str:
-    lines = [f"Command: `{command}`; {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+    what = "Assembled from saved results" if " --collect" in command else "Command"
+    lines = [f"{what}: `{command}`; {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
              f"CPU, {torch.get_num_threads()} thread(s). Mean ± standard deviation over seeds; ↓ lower is better.", ""]
     for name in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == name]
         case = CASES[name]
         lines += [f"**{name}** (model={case.model}, {rows[0]['steps']} steps × {case.batch})", "",
                   "| loop | seeds | " + " | ".join(("↓ " if m not in ("class_coverage", "confidence") else "↑ ") + m
-                                                   for m in case.metrics) + " | train s |",
+                                                   for m in case.metrics) + " | train s (CPU s) |",
                   "|---" * (len(case.metrics) + 3) + "|"]
         for loop in dict.fromkeys(r["loop"] for r in rows):
             sel = [r for r in rows if r["loop"] == loop]
             seeds = ",".join(str(r["seed"]) for r in sel) if sel[0]["seed"] is not None else "-"
             cells = [fmt([r["scores"][m] for r in sel if m in r["scores"]]) for m in case.metrics]
             secs = fmt([r["seconds"] for r in sel if r["seconds"] is not None]).split(" ")[0]
+            cpu = [r["scores"]["cpu_s"] for r in sel if "cpu_s" in r["scores"]]
+            if secs != "-":
+                secs = f"{float(secs):.0f}" + (f" ({statistics.fmean(cpu):.0f})" if cpu else "")
             lines.append(f"| {loop} | {seeds} | " + " | ".join(cells) + f" | {secs} |")
         acc = [r["scores"]["classifier_accuracy"] for r in rows if "classifier_accuracy" in r["scores"]]
         if acc:
@@ -174,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-default", action="store_true", help="skip the gantrain default row")
     p.add_argument("--no-textbook", action="store_true", help="skip the textbook loop")
     p.add_argument("--no-reference", action="store_true", help="skip the real-data reference row")
+    p.add_argument("--plot", default=None, help="write each gantrain run's samples as PNGs into this folder")
     p.add_argument("--json", default=None, help="append each result as a JSON line to this file")
     p.add_argument("--collect", nargs="*", default=None, help="render tables from these JSON-lines files only")
     p.add_argument("--write", action="store_true", help="write the tables into docs/QUALITY.md")
@@ -223,8 +248,9 @@ def run_cases(args) -> list[dict]:
             record(name, "real data (reference)", None, steps, scorer.reference(), None)
         for seed in seeds:
             for loop, variant in variants:
+                png = Path(args.plot) / f"{name}-{loop.replace(' ', '_')}-s{seed}.png" if args.plot else None
                 for suffix, scores, seconds in run_gantrain(case, train_ovr, variant, seed, steps, args.device,
-                                                            scorer):
+                                                            scorer, png):
                     record(name, loop + suffix, seed, steps, scores, seconds)
             if not args.no_textbook:
                 scores, seconds = run_textbook(case, tb_root, seed, steps, scorer)
