@@ -114,6 +114,15 @@ def test_conditional_networks_use_the_class(model):
         assert da.shape == (4,) and not torch.allclose(da, db), "D ignores the class"
 
 
+def test_dcgan_conditional_batchnorm_alone_uses_the_class():
+    G = conditional.DCGANGenerator((1, 16, 16), 3, z_dim=8, base_channels=8, embed_dim=0).eval()
+    assert not hasattr(G, "embed") and sum(isinstance(m, conditional.ConditionalBatchNorm2d) for m in G.net) == 2
+    with torch.no_grad():
+        G.net[1].bias.weight[2] += 1.0      # class 2's BatchNorm bias
+        z = torch.randn(4, 8)
+        assert not torch.allclose(G(z, torch.zeros(4, dtype=torch.long)), G(z, torch.full((4,), 2)))
+
+
 @pytest.mark.parametrize("model,extra", [
     ("gan", []),
     ("dcgan", ["augment=diffaug"]),
