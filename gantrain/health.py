@@ -54,29 +54,29 @@ class Health:
 
     # ------------------------------------------------------------------ inputs
     @torch.no_grad()
-    def grid(self, step: int, fake: torch.Tensor) -> None:
-        """The fixed-latent sample grid of ``step`` (already read back for TensorBoard: this read is free)."""
+    def grid(self, step: int, fake: torch.Tensor) -> dict[str, float]:
+        """The fixed-latent sample grid of ``step`` (already read back for TensorBoard: this read is free);
+        returns ``Health/diversity`` for that step (logged where it is measured, not repeated at each log)."""
         self.diversity = float(spread(fake)) / max(self.real_spread, 1e-12)
         if step >= self.cfg.warmup_steps and self.diversity < self.cfg.min_diversity:
             self.low_grids += 1
         else:
             self.low_grids = 0
+        return {"Health/diversity": self.diversity}
 
-    def metrics(self, values: dict[str, float]) -> None:
-        """The evaluator's values at an evaluation step (class coverage where there is one)."""
-        if "class_coverage" in values:
-            self.coverage = float(values["class_coverage"])
-            self.best_coverage = max(self.best_coverage, self.coverage)
+    def metrics(self, values: dict[str, float]) -> dict[str, float]:
+        """The evaluator's values at an evaluation step; returns ``Health/class_coverage`` where there is one."""
+        if "class_coverage" not in values:
+            return {}
+        self.coverage = float(values["class_coverage"])
+        self.best_coverage = max(self.best_coverage, self.coverage)
+        return {"Health/class_coverage": self.coverage}
 
     # ------------------------------------------------------------------ the check at a log step
     def check(self, step: int, values: dict[str, float]) -> dict[str, float]:
         """The Health/* scalars of this log step; warns once per condition that holds."""
         c = self.cfg
         out = {"Health/rt": values["D/rt"], "Health/gap": values["D/real"] - values["D/fake"]}
-        if self.diversity is not None:
-            out["Health/diversity"] = self.diversity
-        if self.coverage is not None:
-            out["Health/class_coverage"] = self.coverage
         self.history = [*self.history, (values["D/fake"], values["Loss/G"])][-c.patience:]
         d_won = (self.logits and len(self.history) == c.patience and all(f < c.d_fake_below for f, _ in self.history)
                  and self.history[-1][1] > self.history[0][1])

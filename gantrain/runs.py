@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from gantrain.rundir import LOCK_NAME
+
 log = logging.getLogger("gantrain")
 _LATER = re.compile(r"^(resume|start)-(\d+)$")
 
@@ -170,7 +172,8 @@ def forget(record_dir: Path | None) -> None:
 
 
 # ------------------------------------------------------------------------------------ the end of a run
-MADE_BY_A_START = (".hydra", "gantrain.log")  # what Hydra writes into a run directory before the job runs
+# what a start writes into a run directory before training: Hydra's record and log, the run-directory lock
+MADE_BY_A_START = (".hydra", "gantrain.log", LOCK_NAME)
 
 
 def tidy_failed_start(run_dir: Path, start: Start | None) -> str:

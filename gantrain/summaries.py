@@ -142,6 +142,10 @@ class Summaries:
             self._pending = []
         return self.writer
 
+    def start(self) -> None:
+        """Create the event file now (training begins): a run that fails before its first log keeps one."""
+        self._open()
+
     @contextmanager
     def _guard(self):
         try:

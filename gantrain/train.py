@@ -439,7 +439,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             else:
                 tb.images("samples", fake, step)
             if health is not None:
-                health.grid(step, fake)
+                tb.scalars(health.grid(step, fake), step)
             if getattr(net, "supports_truncation", False):  # StyleGAN: style mixing and truncation
                 from gantrain.models.stylegan import style_mixing_images, truncation_strip
 
@@ -458,6 +458,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     pbar = tqdm(total=cfg.trainer.max_steps, initial=start, disable=not (main_proc and cfg.log.progress_bar),
                 dynamic_ncols=True, desc=f"{cfg.model.name}/{cfg.data.name}", mininterval=1.0)
     step = start
+    if start < cfg.trainer.max_steps:
+        tb.start()  # the event file (and HParams entry) exist once training begins, even if it fails at once
     try:
         with stop_on_signals() as stop, logging_redirect_tqdm():  # log lines print above the progress bar
             while step < cfg.trainer.max_steps and not distributed.agree_to_stop(stop, step, cfg.log.every_n_steps):
@@ -536,7 +538,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                             log.info("%s", early.reason(step))
                         break
                     if health is not None and scores:
-                        health.metrics(scores)
+                        tb.scalars(health.metrics(scores), step)
                 if step % cfg.ckpt.every_n_steps == 0 and saved_step != step:
                     save(step, periodic=True)
             if saved_step != step:  # not saved at this step already (by the periodic save)
