@@ -307,3 +307,16 @@ def test_two_ranks_train_one_conditional_model(tmp_path, mnist_root):
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
     assert 0.0 <= acc.Scalars("Metrics/class_accuracy")[-1].value <= 1.0
+
+
+def test_a_labelled_folder_trains_and_generates_by_class_name(tmp_path):
+    root = labelled_folder(tmp_path)
+    run(tmp_path / "run", *tiny("dcgan"), *COND, "data=folder", f"data.root={root}", "data.resolution=16",
+        "data.channels=1", "data.batch_size=4", "trainer.max_steps=2")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert checkpoint.load(ckpt)["class_names"] == ["bright", "dark"]
+    assert "of class dark" in generate(str(ckpt), "--class", "dark", "-n", "3", "-o", str(tmp_path / "d.npz"))
+    with np.load(tmp_path / "d.npz") as f:
+        assert f["labels"].tolist() == [1, 1, 1] and f["images"].shape == (3, 16, 16, 1)
+    with pytest.raises(UserError, match=r"its classes are 0 \(bright\), 1 \(dark\)"):
+        generate(str(ckpt), "--class", "cat", "-o", str(tmp_path / "c.png"))
