@@ -7,7 +7,8 @@ models), checked with ``onnx.checker`` and run once in onnxruntime against PyTor
 ``.pt2``: ``torch.export.save`` of the same program (load it with ``torch.export.load(path).module()``).
 
 The file holds the EMA generator when the checkpoint has one (else G), in eval mode, in float32, on the CPU.
-Input ``z``: float32 (batch, z_dim), any batch size. Output ``images``: float32 (batch, C, H, W) in [-1, 1], or
+Input ``z``: float32 (batch, z_dim), any batch size; a class-conditional generator (model.conditional=true) also
+takes ``class``: int64 (batch,), class indices 0..K-1 (the names are in the metadata's ``classes``). Output ``images``: float32 (batch, C, H, W) in [-1, 1], or
 with ``--uint8`` uint8 (batch, H, W, C) ready to save (``curves`` (batch, L) for sine data). StyleGAN's truncation
 psi and noise are export-time options, fixed in the graph: ``--truncation`` (default 1, none) and ``--noise const``
 (the fixed noise maps gantrain-generate uses, so the file reproduces its images for the same z) or ``none``.
@@ -45,11 +46,12 @@ class Exported(nn.Module):
         super().__init__()
         self.G, self.psi, self.noise, self.uint8 = G, psi, noise, uint8
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.noise == "const":
-            x = sample(self.G, z, self.psi)
+            x = sample(self.G, z, self.psi, c=c)
         else:
-            x = self.G(z, psi=1.0 if self.psi is None else self.psi, noise_mode=self.noise)
+            x = self.G(z, *([] if c is None else [c]), psi=1.0 if self.psi is None else self.psi,
+                       noise_mode=self.noise)
         if self.uint8:   # gantrain.generate.to_uint8, in the graph
             x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
         return x
@@ -65,6 +67,7 @@ def version() -> str:
 def metadata(ckpt: dict[str, Any], used_ema: bool, G: nn.Module, args: argparse.Namespace,
              exporter: str) -> dict[str, str]:
     """What the file's metadata says: strings only (ONNX metadata_props are string pairs)."""
+    classes = list(ckpt.get("class_names") or [])
     shape = [int(s) for s in ckpt["data_shape"]]
     if len(shape) == 1:
         output = f"curves float32 (batch, {shape[0]})"
@@ -77,7 +80,8 @@ def metadata(ckpt: dict[str, Any], used_ema: bool, G: nn.Module, args: argparse.
         "gantrain_config": json.dumps(ckpt["config"], sort_keys=True),
         "step": str(ckpt.get("step")),
         "generator": "G_ema" if used_ema else "G",
-        "input": f"z float32 (batch, {G.z_dim}) ~ N(0, I)",
+        "input": f"z float32 (batch, {G.z_dim}) ~ N(0, I)" + (", class int64 (batch,)" if classes else ""),
+        "classes": json.dumps(classes),
         "output": output,
         "truncation_psi": "1.0" if args.truncation is None else str(args.truncation),
         "noise_mode": args.noise if getattr(G, "supports_truncation", False) else "n/a",
@@ -107,39 +111,47 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint.load(path, map_location="cpu")
 
 
-def export_onnx(model: nn.Module, z: torch.Tensor, out: Path, meta: dict[str, str], name: str) -> dict[str, Any]:
-    """Write ``out``; check it with onnx.checker; run it in onnxruntime on ``z`` against PyTorch."""
+def _dynamic(inputs: tuple[torch.Tensor, ...]) -> dict[str, dict[int, Any]]:
+    """One dynamic batch dimension shared by z (and the classes)."""
+    batch = torch.export.Dim("batch", min=1)
+    return {k: {0: batch} for k in ("z", "c")[:len(inputs)]}
+
+
+def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path, meta: dict[str, str],
+                name: str) -> dict[str, Any]:
+    """Write ``out``; check it with onnx.checker; run it in onnxruntime on ``inputs`` against PyTorch."""
     _need("onnx", "onnxscript", "onnxruntime")
     import onnx
     import onnxruntime as ort
 
-    program = torch.onnx.export(model, (z,), dynamo=True, input_names=["z"], output_names=[name],
-                                dynamic_shapes={"z": {0: torch.export.Dim("batch", min=1)}}, verbose=False)
+    names = ["z", "class"][:len(inputs)]
+    program = torch.onnx.export(model, inputs, dynamo=True, input_names=names, output_names=[name],
+                                dynamic_shapes=_dynamic(inputs), verbose=False)
     program.model.metadata_props.update(meta)
     tmp = _tmp(out)
     try:
         program.save(tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"z": z.numpy()})[0])
+        got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in zip(names, inputs)})[0])
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     opset = next(o.version for o in onnx.load(str(out), load_external_data=False).opset_import if o.domain == "")
-    return {"format": f"ONNX opset {opset}", "diff": _diff(model(z), got)}
+    return {"format": f"ONNX opset {opset}", "diff": _diff(model(*inputs), got)}
 
 
-def export_pt2(model: nn.Module, z: torch.Tensor, out: Path, meta: dict[str, str]) -> dict[str, Any]:
+def export_pt2(model: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path, meta: dict[str, str]) -> dict[str, Any]:
     """Write ``out`` with torch.export.save (metadata in the extra file gantrain.json); reload it and compare."""
-    program = torch.export.export(model, (z,), dynamic_shapes={"z": {0: torch.export.Dim("batch", min=1)}})
+    program = torch.export.export(model, inputs, dynamic_shapes=_dynamic(inputs))
     tmp = _tmp(out)
     try:
         torch.export.save(program, tmp, extra_files={PT2_META: json.dumps(meta)})
-        got = torch.export.load(tmp).module()(z)
+        got = torch.export.load(tmp).module()(*inputs)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"format": "torch.export program", "diff": _diff(model(z), got)}
+    return {"format": "torch.export program", "diff": _diff(model(*inputs), got)}
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -173,9 +185,6 @@ def export(args: argparse.Namespace) -> str:
     if args.truncation is not None and not math.isfinite(args.truncation):
         raise UserError(f"--truncation {args.truncation} is not a number: use e.g. --truncation 0.7.")
     ckpt = load_checkpoint(args.ckpt)
-    if ckpt.get("class_names"):   # G(z, c): the exported graph takes z only
-        raise UserError("gantrain-export does not export class-conditional generators (model.conditional=true) yet: "
-                        "the exported model would take no class; use gantrain-generate --class instead.")
     G, used_ema = load_generator(ckpt, torch.device("cpu"))
     style = getattr(G, "supports_truncation", False)
     if not style and (args.truncation is not None or args.noise != "const"):
@@ -188,16 +197,19 @@ def export(args: argparse.Namespace) -> str:
 
     model = Exported(G, args.truncation, args.noise, args.uint8).eval()
     z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(0))
+    classes = list(ckpt.get("class_names") or [])
+    inputs = (z, torch.arange(3) % len(classes)) if classes else (z,)  # G(z, c) for a conditional G
     name = "curves" if curves else "images"
     with torch.no_grad():
         if kind == "onnx":
-            info = export_onnx(model, z, out, metadata(ckpt, used_ema, G, args, "torch.onnx.export(dynamo=True)"),
-                               name)
+            info = export_onnx(model, inputs, out,
+                               metadata(ckpt, used_ema, G, args, "torch.onnx.export(dynamo=True)"), name)
         else:
-            info = export_pt2(model, z, out, metadata(ckpt, used_ema, G, args, "torch.export.export"))
+            info = export_pt2(model, inputs, out, metadata(ckpt, used_ema, G, args, "torch.export.export"))
     which = "EMA generator" if used_ema else "generator"
     return (f"wrote {out} ({info['format']}, {out.stat().st_size / 2**20:.2f} MiB, {which} at step "
-            f"{ckpt.get('step')}): input z float32 (batch, {G.z_dim}), output {name}; reloaded, it matches "
+            f"{ckpt.get('step')}): input z float32 (batch, {G.z_dim})"
+            f"{f' and class int64 (batch,) of {len(classes)} classes' if classes else ''}, output {name}; reloaded, it matches "
             f"PyTorch to {info['diff']:.1e}")
 
 

@@ -138,3 +138,32 @@ def test_missing_extra_names_it(ckpts, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
     err = fails(capsys, ckpts["gan"], "-o", tmp_path / "G.onnx")
     assert "onnxscript" in err and "pip install 'gantrain[export]'" in err
+
+
+@pytest.mark.parametrize("model", ["gan", "dcgan"])
+def test_a_conditional_generator_exports_with_a_class_input(tmp_path, mnist_root, model):
+    """model.conditional=true: the file takes (z, class) and matches G(z, c) in onnxruntime and as a .pt2."""
+    from gantrain.train import train
+    from tests.utils import FAST, make_cfg, tiny
+
+    run = tmp_path / "run"
+    train(make_cfg(*FAST, *tiny(model), "model.conditional=true", "data=mnist", f"data.root={mnist_root}",
+                   "data.batch_size=8", "log.num_samples=10", "trainer.max_steps=2"), run)
+    ckpt = run / "checkpoints" / "last.pt"
+    G = pytorch_generator(ckpt)
+    z = torch.randn(7, G.z_dim, generator=torch.Generator().manual_seed(7))
+    c = torch.tensor([0, 1, 2, 3, 7, 8, 9])
+    with torch.no_grad():
+        expected = sample(G, z, c=c).numpy()
+        other = sample(G, z, c=(c + 1) % 10).numpy()
+    export.main([str(ckpt), "-o", str(tmp_path / "G.onnx")])
+    session = ort.InferenceSession(str(tmp_path / "G.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["z", "class"]
+    got = session.run(None, {"z": z.numpy(), "class": c.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(other - expected).max() > 1e-3  # the class input matters
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "G.onnx")).metadata_props}
+    assert json.loads(meta["classes"]) == [str(k) for k in range(10)] and "class int64" in meta["input"]
+    export.main([str(ckpt), "-o", str(tmp_path / "G.pt2")])
+    program = torch.export.load(str(tmp_path / "G.pt2")).module()
+    assert torch.allclose(program(z, c), torch.from_numpy(expected), atol=1e-5)
