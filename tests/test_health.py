@@ -96,8 +96,7 @@ def test_falling_class_coverage_is_a_collapse(tmp_path, caplog):
     health = Health(make_cfg().health, torch.randn(64, 8), tmp_path)
     values = {"D/rt": 0.5, "D/real": 0.6, "D/fake": 0.4, "Loss/G": 1.0}
     for step, coverage in ((100, 0.6), (200, 0.9), (300, 0.5), (400, 0.4)):
-        health.metrics({"classifier_fd": 1.0, "class_coverage": coverage})
-        scalars = health.check(step, values)
+        scalars = {**health.metrics({"classifier_fd": 1.0, "class_coverage": coverage}), **health.check(step, values)}
         assert scalars["Health/class_coverage"] == coverage
     collapse = [m for m in _warnings(caplog) if "collapse" in m]
     assert len(collapse) == 1 and "step 400: mode collapse: class coverage fell to 0.4 (best 0.9)" in collapse[0]
