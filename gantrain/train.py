@@ -413,7 +413,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             best.keep(last_saved)
 
     # ---- logging (rank 0 only)
-    tb = Summaries(out_dir if main_proc else None, purge_step=start + 1 if start else None)
+    # points after the checkpoint's step (a fresh start: all) that a killed run logged are dropped: each step once
+    tb = Summaries(out_dir if main_proc else None, purge_step=start + 1)
     metric_tags = ["Loss/D", "Loss/G", "D/real", "D/fake", "D/rt"]  # D/rt: E[sign D(real)], ADA's heuristic
     tb.hparams(hparams_view(flatten(OmegaConf.to_container(cfg, resolve=True)), task_overrides(out_dir)),
                metric_tags + (evaluator.tags if evaluator else []))  # what was swept + COMPARED, final metrics
