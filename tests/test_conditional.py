@@ -13,22 +13,14 @@ from gantrain import checkpoint
 from gantrain.config import UserError
 from gantrain.data import build_dataset
 from gantrain.models import conditional
-from gantrain.train import train
 from tests.conftest import MNIST_TRAIN, write_idx
-from tests.utils import FAST, make_cfg, tiny
+from tests.utils import make_cfg, tiny
+
+from .test_checkpoint import _restore_determinism, run  # noqa: F401 (autouse fixture, the tiny-run helper)
 
 COND = ["model.conditional=true"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    before = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(before)
-
-
-def run(out: Path, *overrides: str) -> float:
-    return train(make_cfg(*FAST, "data.batch_size=8", *overrides), out)
 
 
 def mnist(root) -> list[str]:
