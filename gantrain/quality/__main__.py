@@ -141,6 +141,9 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
+HIGHER = ("class_coverage", "confidence", "class_accuracy")
+
+
 def render(results: list[dict], command: str) -> str:
     what = "Assembled from saved results" if " --collect" in command else "Command"
     lines = [f"{what}: `{command}`; {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
@@ -148,14 +151,14 @@ def render(results: list[dict], command: str) -> str:
     for name in dict.fromkeys(r["case"] for r in results):
         rows = [r for r in results if r["case"] == name]
         case = CASES[name]
+        metrics = case.metrics + (["class_accuracy"] if any("class_accuracy" in r["scores"] for r in rows) else [])
         lines += [f"**{name}** (model={case.model}, {rows[0]['steps']} steps × {case.batch})", "",
-                  "| loop | seeds | " + " | ".join(("↓ " if m not in ("class_coverage", "confidence") else "↑ ") + m
-                                                   for m in case.metrics) + " | train s (CPU s) |",
-                  "|---" * (len(case.metrics) + 3) + "|"]
+                  "| loop | seeds | " + " | ".join(("↑ " if m in HIGHER else "↓ ") + m for m in metrics)
+                  + " | train s (CPU s) |", "|---" * (len(metrics) + 3) + "|"]
         for loop in dict.fromkeys(r["loop"] for r in rows):
             sel = [r for r in rows if r["loop"] == loop]
             seeds = ",".join(str(r["seed"]) for r in sel) if sel[0]["seed"] is not None else "-"
-            cells = [fmt([r["scores"][m] for r in sel if m in r["scores"]]) for m in case.metrics]
+            cells = [fmt([r["scores"][m] for r in sel if m in r["scores"]]) for m in metrics]
             secs = fmt([r["seconds"] for r in sel if r["seconds"] is not None]).split(" ")[0]
             cpu = [r["scores"]["cpu_s"] for r in sel if "cpu_s" in r["scores"]]
             if secs != "-":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gantrain.classes import class_accuracy
 from gantrain.cli import compose
 from gantrain.data import build_dataset
 from gantrain.metrics import build_evaluator
@@ -42,7 +43,9 @@ class Scorer:
     def primary(self) -> str:
         return self.evaluator.primary
 
-    def score_samples(self, fake: torch.Tensor) -> dict[str, float]:
+    def score_samples(self, fake: torch.Tensor, num_classes: int | None = None) -> dict[str, float]:
+        """The metrics of ``fake``; with ``num_classes`` (a conditional G's samples, sample i generated for
+        class i % K) also ``class_accuracy``."""
         out = self.evaluator.score(fake)
         if self.fresh_residual:
             out["residual_ratio"] = out["sine_residual"] / self.fresh_residual
@@ -51,10 +54,21 @@ class Scorer:
             with torch.no_grad():
                 p = torch.cat([clf.net(c.to(clf.device).float()).softmax(1) for c in fake.split(256)])
             out["confidence"] = float(p.max(1).values.mean())
+            if num_classes:
+                out["class_accuracy"] = class_accuracy(p.argmax(1).cpu(), num_classes)
         return out
 
     def score(self, G: nn.Module) -> dict[str, float]:
-        return self.score_samples(self.evaluator.generate(G))
+        """Scores of ``G``'s samples; a class-conditional G is sampled with balanced labels (class i % K)."""
+        k = getattr(G, "num_classes", None)
+        if not k:
+            return self.score_samples(self.evaluator.generate(G))
+        kept, self.evaluator.num_classes = self.evaluator.num_classes, k
+        try:
+            fake = self.evaluator.generate(G)
+        finally:
+            self.evaluator.num_classes = kept
+        return self.score_samples(fake, k)
 
     def reference(self) -> dict[str, float]:
         """The same metrics for real samples the evaluator has not seen: fresh sine curves, or the training
