@@ -29,7 +29,7 @@ tensorboard: install                 ## TensorBoard on http://127.0.0.1:6006
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
 
 bench: install                       ## the performance benchmark (writes docs/BENCHMARKS.md)
-	$(PY) -m gantrain.bench --write $(ARGS)
+	$(PY) -m gantrain.tools.bench --write $(ARGS)
 
 quality: install                     ## the quality benchmark vs textbook loops (writes docs/QUALITY.md)
 	$(PY) -m gantrain.quality --write $(ARGS)

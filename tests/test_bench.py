@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from gantrain import bench
+from gantrain.tools import bench
 from tests.utils import make_cfg
 
 
@@ -39,7 +39,7 @@ def test_bench_runs_a_case_and_prints_the_table(tmp_path, capsys, monkeypatch):
     assert gflop == pytest.approx(expected / 1e9, rel=0.02)
     assert achieved == pytest.approx(loop * gflop, rel=0.05, abs=1)
     assert 0 < float(cells[-1].rstrip("%")) < 100
-    assert re.search(r"Command: `python -m gantrain.bench --device cpu --cases gan-mnist .*`", out)
+    assert re.search(r"Command: `python -m gantrain.tools.bench --device cpu --cases gan-mnist .*`", out)
     assert not (tmp_path / "bench").exists()  # the written data is removed
 
 
@@ -59,7 +59,7 @@ def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path):
 def test_stylegan_flops_are_counted_with_r1_at_its_share(mnist_root):
     """StyleGAN's G forward under no_grad takes a parameter as a module input (FlopCounterMode's module
     tracker fails there); the lazy R1 term (double backward) adds its FLOPs once per r1_interval steps."""
-    from gantrain.flops import step_flops_per_image
+    from gantrain.tools.flops import step_flops_per_image
 
     overrides = ["model=stylegan", "model.z_dim=32", "model.generator.w_dim=32", "model.mapping_layers=2",
                  "model.channel_base=512", "model.max_channels=32", "data=mnist", f"data.root={mnist_root}",

@@ -197,7 +197,8 @@ def test_log_lines_print_above_the_progress_bar(tmp_path):
 
 
 def test_eval_and_bench_help_are_plain_text_and_explain_every_flag(capsys):
-    from gantrain import bench, evaluate
+    from gantrain import evaluate
+    from gantrain.tools import bench
 
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--help"])
@@ -206,7 +207,7 @@ def test_eval_and_bench_help_are_plain_text_and_explain_every_flag(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m gantrain.bench")
+    assert out.startswith("usage: python -m gantrain.tools.bench")
     assert all(f"  {name} " in out for name in bench.CASES)  # the cases, with their model and data
     flags = re.findall(r"^  (--[\w-]+)( [A-Z_]+)?(.*)$", out, flags=re.M)
     assert len(flags) == 10, flags

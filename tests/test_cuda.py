@@ -6,7 +6,7 @@ logic on the CPU (the CUDA-only ones skip): that is how they were written withou
 
 Covered: trainer.precision 32/bf16/16 with the fused optimisers, channels-last, torch.compile, exact resume
 of a CUDA checkpoint on CUDA and its resume on the CPU, gantrain-generate --device cuda, the metrics on CUDA,
-``python -m gantrain.syncs`` (set_sync_debug_mode and the profiler) showing no sync in the training step,
+``python -m gantrain.tools.syncs`` (set_sync_debug_mode and the profiler) showing no sync in the training step,
 DDP with one NCCL rank, and a ``gantrain ... trainer.devices=1`` run through the CLI.
 """
 
@@ -25,10 +25,11 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gantrain import checkpoint, distributed, generate, syncs
+from gantrain import checkpoint, distributed, generate
 from gantrain.config import DataConfig
 from gantrain.data import build_dataset
 from gantrain.metrics import build_evaluator
+from gantrain.tools import syncs
 from gantrain.train import train
 from tests.conftest import write_idx
 from tests.test_metrics import collapsed, digits, mcfg
@@ -174,7 +175,7 @@ def test_metrics_on_cuda_rank_real_above_noise_and_are_logged(tmp_path):
     [*STYLEGAN, "data=mnist", "loss.r1_interval=3", "trainer.precision=bf16", "trainer.channels_last=true"],
 ], ids=["dcgan-32", "dcgan-bf16-cl", "dcgan-16", "stylegan-r1-bf16-cl"])
 def test_syncs_finds_no_wait_in_the_training_step(tmp_path, mnist_root, capsys, case):
-    """``python -m gantrain.syncs --trace``: no host read, no synchronising CUDA call (set_sync_debug_mode) and
+    """``python -m gantrain.tools.syncs --trace``: no host read, no synchronising CUDA call (set_sync_debug_mode) and
     no blocking runtime call in the profiler's training-step ranges."""
     rc = syncs.main(["--trace", str(tmp_path / "trace.json"), f"trainer.device={DEV}", *case,
                      f"data.root={mnist_root}", "data.batch_size=8", "trainer.max_steps=12", "log.every_n_steps=4"])

@@ -21,7 +21,7 @@ def test_gpu_check_dry_run_collects_the_cuda_tests_and_builds_the_commands(tmp_p
     assert "-m pytest -m cuda" in out and "tests/test_cuda.py::test_ddp_with_one_nccl_rank_trains" in out
     for tag in ("--precision 32 --tag fp32", "--precision bf16 --tag bf16",
                 "--extra trainer.channels_last=true,trainer.compile=true --tag bf16-cl-compile"):
-        assert "-m gantrain.bench --device cuda --cases dcgan-mnist,dcgan-celeba64,stylegan-64" in out and tag in out
+        assert "-m gantrain.tools.bench --device cuda --cases dcgan-mnist,dcgan-celeba64,stylegan-64" in out and tag in out
     assert "all steps passed (dry run" in out
     assert (tmp_path / "gpu_check.log").read_text() == res.stdout  # the log lands in $OUT
 

@@ -1,6 +1,6 @@
 """The training step never reads values back from the device; reads happen only at log/grid/checkpoint steps.
 
-``python -m gantrain.syncs`` records every host read of a tensor's value during a real run (see its
+``python -m gantrain.tools.syncs`` records every host read of a tensor's value during a real run (see its
 docstring); on a CPU the check is what would wait on a GPU.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gantrain.train
-from gantrain import syncs
+from gantrain.tools import syncs
 
 from .utils import FAST, tiny
 
@@ -129,10 +129,10 @@ def test_locations_are_named_from_the_project_root_whatever_its_folder_is_called
     import sys
 
     clone = tmp_path / "src" / "gantrain"
-    shutil.copytree(Path(syncs.__file__).parent, clone / "gantrain", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(syncs.__file__).parent.parent, clone / "gantrain", ignore=shutil.ignore_patterns("__pycache__"))
     (clone / "tests").mkdir()
     elsewhere = tmp_path / "gantrain" / "notes.py"
-    code = ("import sys, torch.optim; from gantrain import syncs; print(syncs.__file__); "
+    code = ("import sys, torch.optim; from gantrain.tools import syncs; print(syncs.__file__); "
             "print(*(syncs._short(f) for f in sys.argv[1:]))")
     out = subprocess.run([sys.executable, "-c", code, str(clone / "gantrain" / "train.py"),
                           str(clone / "tests" / "test_x.py"), str(Path(torch.optim.__file__).parent / "adam.py"), str(elsewhere)],

@@ -180,7 +180,7 @@ def test_explicit_gpu_index_is_refused_with_several_processes(monkeypatch):
 
 
 def test_ema_is_a_ramped_lerp_with_copied_buffers_and_no_host_reads():
-    from gantrain.syncs import HostReads
+    from gantrain.tools.syncs import HostReads
     from gantrain.train import EMA
 
     G = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))

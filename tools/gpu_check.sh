@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (issue 21; docs/GPU_CHECK.md): on one CUDA GPU, in one process tree, under ~8 minutes:
 #   1. the CUDA twins of the CPU tests:   pytest -m cuda
-#   2. the benchmark on CUDA:             python -m gantrain.bench for dcgan-mnist, dcgan-celeba64 and stylegan-64
+#   2. the benchmark on CUDA:             python -m gantrain.tools.bench for dcgan-mnist, dcgan-celeba64 and stylegan-64
 #      in fp32 eager, bf16, bf16 + channels-last + compile, each writing its GPU section of docs/BENCHMARKS.md.
 # GPU_CHECK_DRY=1: collects the tests and prints the commands, runs nothing on a device, exits 0 (CPU is fine).
 # Environment: PYTHON (default .venv/bin/python, else python3); GPU_CHECK_SECONDS (bench timing window, 2);
@@ -52,10 +52,10 @@ step() {  # step KEY NAME CMD...: run CMD under what is left of the budget; reco
 
 echo "== gpu_check $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%FT%TZ) in $ROOT, git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-CASES=dcgan-mnist,dcgan-celeba64,stylegan-64   # the bench's cases (gantrain/bench.py CASES)
+CASES=dcgan-mnist,dcgan-celeba64,stylegan-64   # the bench's cases (gantrain/tools/bench.py CASES)
 "$PY" -c "
 import sys, torch
-from gantrain.bench import CASES
+from gantrain.tools.bench import CASES
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN',
       torch.backends.cudnn.version(), '| GPU', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 assert not set('$CASES'.split(',')) - set(CASES), 'a bench case is unknown'" \
@@ -78,7 +78,7 @@ fi
 step tests "CUDA tests" "${PYTEST[@]}"
 
 # ---- 2. the benchmark on CUDA, one docs/BENCHMARKS.md section per configuration
-BENCH=("$PY" -m gantrain.bench --device cuda --cases "$CASES" --seconds "$SECONDS_PER" --n-jpeg 1024 --write)
+BENCH=("$PY" -m gantrain.tools.bench --device cuda --cases "$CASES" --seconds "$SECONDS_PER" --n-jpeg 1024 --write)
 step fp32 "bench fp32 eager" "${BENCH[@]}" --precision 32 --tag fp32
 step bf16 "bench bf16" "${BENCH[@]}" --precision bf16 --tag bf16
 step compile "bench bf16 + channels-last + compile" "${BENCH[@]}" --precision bf16 \

@@ -1,7 +1,7 @@
 """Where does the training loop wait for the device?  Step by step, in a short real run.
 
-    python -m gantrain.syncs [--trace FILE.json] [gantrain overrides ...]
-    e.g.  python -m gantrain.syncs --trace /tmp/dcgan.json model=dcgan data=mnist trainer.device=cuda
+    python -m gantrain.tools.syncs [--trace FILE.json] [gantrain overrides ...]
+    e.g.  python -m gantrain.tools.syncs --trace /tmp/dcgan.json model=dcgan data=mnist trainer.device=cuda
 
 The loop promises that its training step (D step(s), G step, generator EMA, loss accumulators) never makes
 the host wait for the device, and that values are read back only in the periodic part of a step (logs,
@@ -50,7 +50,7 @@ READS = {_T.item, _T.tolist, _T.numpy, _T.cpu, _T.__bool__, _T.__float__, _T.__i
 MOVES = {_T.to, _T.copy_}  # reads when they bring a tensor to the host
 HOST_COUNTERS = ("torch/optim/",)  # the optimisers' step counts: CPU tensors on any device (unless fused)
 _INTERNAL = ("torch/overrides.py", "torch/utils/_python_dispatch.py", "torch/_dynamo/", "torch/_compile.py",
-             "torch/_tensor.py", "gantrain/syncs.py")
+             "torch/_tensor.py", "gantrain/tools/syncs.py")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Read:
         return run_device.type == "cpu" and not self.where.startswith(HOST_COUNTERS)
 
 
-_PROJECT = Path(__file__).resolve().parent.parent  # the folder holding the gantrain package (a checkout's root)
+_PROJECT = Path(__file__).resolve().parents[2]  # the folder holding the gantrain package (a checkout's root)
 _LIBRARIES = Path(torch.__file__).resolve().parent.parent  # the folder holding torch (site-packages)
 
 
@@ -251,7 +251,7 @@ def report(recorder: HostReads, device: torch.device, steps: int) -> tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gantrain.syncs", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m gantrain.tools.syncs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", metavar="FILE.json", help="also profile the run and write a Chrome trace there")
     args, overrides = p.parse_known_args(argv)  # the rest are gantrain overrides (key=value)
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e) if isinstance(e, UserError) else explain(e)
         if message is None:
             raise
-        print(f"gantrain.syncs: error: {message}", file=sys.stderr)
+        print(f"gantrain.tools.syncs: error: {message}", file=sys.stderr)
         return 2
     text, waited = report(recorder, device, cfg.trainer.max_steps)
     print(text + (f"\nprofiler trace (chrome://tracing, Perfetto): {trace}" if trace else ""))

@@ -1,9 +1,9 @@
 """Peak memory of one training step with and without ``trainer.accumulate`` (same global batch).
 
-    python -m gantrain.bench_memory [--case stylegan-64] [--accumulate 1,4] [--batch 128] [--device auto]
+    python -m gantrain.tools.bench_memory [--case stylegan-64] [--accumulate 1,4] [--batch 128] [--device auto]
 
 Each K runs in a fresh process (a process's peak cannot be reset on the CPU) that builds the case's G, D,
-loss and optimisers as the benchmark does (gantrain/bench.py ``Networks``, the loop's own ``d_step`` and
+loss and optimisers as the benchmark does (gantrain/tools/bench.py ``Networks``, the loop's own ``d_step`` and
 ``g_step``) and takes ``--steps`` D+G steps on a random batch. Reported per K, as the benchmark reports it:
 the peak of the process (CPU: ``ru_maxrss``, CUDA: ``max_memory_allocated``), and the step's own part of it:
 that peak minus the memory held just before the first step (weights, data, the Python runtime). On the
@@ -31,8 +31,8 @@ def _rss_mib() -> float:
 
 
 def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
-    from gantrain.bench import CASES, Networks
     from gantrain.cli import compose
+    from gantrain.tools.bench import CASES, Networks
     from gantrain.train import configure_backends, select_device
 
     device = select_device(device_name)
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batch is None:
-        from gantrain.bench import CASES
         from gantrain.cli import compose
+        from gantrain.tools.bench import CASES
 
         args.batch = compose([*CASES[args.case][0], *CASES[args.case][1]]).data.batch_size
     if args.child is not None:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for k in (int(x) for x in args.accumulate.split(",")):
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-        cmd = [sys.executable, "-m", "gantrain.bench_memory", "--case", args.case, "--batch", str(args.batch),
+        cmd = [sys.executable, "-m", "gantrain.tools.bench_memory", "--case", args.case, "--batch", str(args.batch),
                "--device", args.device, "--steps", str(args.steps), "--child", str(k)]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

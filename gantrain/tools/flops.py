@@ -43,7 +43,7 @@ def count_flops(fn) -> int:
 
 
 def step_flops_per_image(nets, real: torch.Tensor, r1_interval: int = 0) -> float:
-    """FLOPs per image of ``nets.step(real)`` (a :class:`gantrain.bench.Networks`), R1 at its share."""
+    """FLOPs per image of ``nets.step(real)`` (a :class:`gantrain.tools.bench.Networks`), R1 at its share."""
     nets.d_index = 1  # a step without the lazy R1 term (due at d_index % r1_interval == 0)
     plain = count_flops(lambda: nets.step(real))
     total = plain

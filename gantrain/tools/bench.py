@@ -1,6 +1,6 @@
 """Benchmark: the gantrain loop against its ceiling and against a hand-written PyTorch loop.
 
-    python -m gantrain.bench [--device auto] [--cases gan-mnist,dcgan-mnist,...] [--seconds 20] [--write]
+    python -m gantrain.tools.bench [--device auto] [--cases gan-mnist,dcgan-mnist,...] [--seconds 20] [--write]
 
 For each case, on the current device and in one run:
 - loop: the whole ``gantrain`` training loop (``train()``: progress bar, logging, grids and checkpoints
@@ -145,8 +145,8 @@ def measure_ceiling(cfg, device, seconds: float) -> float:
 
 
 def measure_flops(overrides: list[str], device) -> float:
-    """Model FLOPs per image of one training step (gantrain/flops.py), counted on the eager networks."""
-    from gantrain.flops import step_flops_per_image
+    """Model FLOPs per image of one training step (gantrain/tools/flops.py), counted on the eager networks."""
+    from gantrain.tools.flops import step_flops_per_image
 
     cfg = compose([*overrides, "trainer.compile=false"])
     nets, real = ceiling_setup(cfg, device)
@@ -234,7 +234,7 @@ def _cases(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m gantrain.bench", description=__doc__.splitlines()[0],
+        prog="python -m gantrain.tools.bench", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="cases (model and data of each):\n" + "\n".join(
             f"  {name:16s} {' '.join(model + data)}" for name, (model, data) in CASES.items()))
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="name of the docs/BENCHMARKS.md section to (re)write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from gantrain.flops import gemm_peak
+    from gantrain.tools.flops import gemm_peak
     from gantrain.train import configure_backends, select_device
 
     device = select_device(args.device)
@@ -291,10 +291,10 @@ def main(argv: list[str] | None = None) -> None:
               f"loop/ceiling {loop / ceiling:.2f}  loop/baseline {loop / baseline:.2f}  peak {peak:.0f} MiB  "
               f"{flops / 1e9:.3f} GFLOP/img  {loop * flops / args.peak:.1%} of peak", flush=True)
     folder = measure_folder_epochs(root, device) if "dcgan-celeba64" in args.cases else None
-    table = render(rows, folder, device, args, sys.argv if argv is None else ["python -m gantrain.bench", *argv])
+    table = render(rows, folder, device, args, sys.argv if argv is None else ["python -m gantrain.tools.bench", *argv])
     print(table)
     if args.write:
-        write_section(Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md", table, device, args.tag)
+        write_section(Path(__file__).resolve().parents[2] / "docs" / "BENCHMARKS.md", table, device, args.tag)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -304,10 +304,10 @@ def render(rows, folder, device, args, argv) -> str:
     mem = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
     lines = [f"Device: {dev}; torch {torch.__version__}, Python {platform.python_version()}, "
              f"precision {args.precision}; {time.strftime('%Y-%m-%d')}.",
-             f"Command: `{' '.join(['python -m gantrain.bench', *argv[1:]])}`",
+             f"Command: `{' '.join(['python -m gantrain.tools.bench', *argv[1:]])}`",
              f"Peak: {args.peak / 1e9:.0f} GFLOP/s, a {'8192' if device.type == 'cuda' else '2048'}² matrix product "
              f"in precision {args.precision}, timed at the start; model FLOPs counted by torch.utils.flop_counter "
-             "(matrix products and convolutions of a D + G step, forward and backward; gantrain/flops.py).", "",
+             "(matrix products and convolutions of a D + G step, forward and backward; gantrain/tools/flops.py).", "",
              f"| case | batch | loop img/s | ceiling img/s | baseline img/s | loop/ceiling | loop/baseline | {mem} "
              "| GFLOP/img | loop GFLOP/s | of peak |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
