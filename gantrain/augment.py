@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 DIFFAUG_OPS = ("translation", "cutout", "color")
 ADA_OPS = ("xflip", "rotate90", "translation", "scale", "aniso", "brightness", "contrast", "saturation", "cutout")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gantrain import checkpoint
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 
 class Best:

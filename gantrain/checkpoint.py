@@ -24,7 +24,7 @@ import torch
 
 from gantrain import files
 from gantrain.checkpoint_check import validate
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 FORMAT_VERSION = 1
 _PERIODIC = re.compile(r"^step_(\d+)\.pt$")
@@ -90,7 +90,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callab
         raise UserError(f"cannot write {path} ({e.strerror or e}): {unwritable_fix}.") from None
     need = size()
     files.check_space(path, need, full_fix)
-    tmp = _temp_name(path)
+    tmp = files.temp_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -113,10 +113,6 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], size: Callab
         files.unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -158,7 +154,7 @@ def periodic_files(ckpt_dir: Path) -> list[Path]:
 def link_beside(last: Path, name: str) -> Path:
     """``name`` beside ``last``, holding its bytes: a hard link (a copy where links fail), replaced atomically."""
     path = last.parent / name
-    tmp = _temp_name(path)
+    tmp = files.temp_name(path)
     try:
         os.link(last, tmp)
         os.replace(tmp, path)  # a no-op when path is already this inode (POSIX): tmp then stays, hence the unlink
@@ -179,7 +175,7 @@ def save_periodic(last: Path, step: int, keep: int) -> Path:
     """
     ckpt_dir = last.parent
     path = ckpt_dir / f"step_{step:07d}.pt"
-    tmp = _temp_name(path)
+    tmp = files.temp_name(path)
     try:
         os.link(last, tmp)
         os.replace(tmp, path)  # a no-op when path is already this inode (POSIX): tmp then stays, hence the unlink

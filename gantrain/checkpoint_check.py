@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 
 def _int(v: Any) -> bool:

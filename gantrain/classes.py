@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.models.conditional import conditional_node
 
 

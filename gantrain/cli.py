@@ -13,7 +13,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gantrain.config import UserError, register, unknown_key
+from gantrain.config import register, unknown_key
+from gantrain.errors import UserError
 
 log = logging.getLogger("gantrain")
 _job_started = False  # set when Hydra hands a composed config to the task (errors before that are setup errors)

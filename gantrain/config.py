@@ -15,9 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-class UserError(Exception):
-    """A problem the user can fix: the message is one sentence naming the problem and the fix."""
+from gantrain.errors import UserError
 
 
 @dataclass

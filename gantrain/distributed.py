@@ -46,15 +46,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gantrain.config import UserError
+from gantrain.errors import Interrupted, RankFailed, UserError
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_ENV = "GANTRAIN_DIST_TIMEOUT"
-
-
-class RankFailed(UserError):
-    """A rank of a multi-process job died or failed; the other ranks were stopped."""
 
 
 # ------------------------------------------------------------------------------------------- queries
@@ -413,8 +409,6 @@ def _worker(r: int, n: int, port: int, fn, cfg, out_dir: str, logging_conf: dict
         result = fn(cfg, out_dir)
         queue.put(("ok", r, result))
     except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
-        from gantrain.train import Interrupted
-
         if isinstance(e, Interrupted):
             queue.put(("interrupted", r, (e.signum, None if e.path is None else str(e.path))))
         elif isinstance(e, UserError):
@@ -524,8 +518,6 @@ def launch(fn: Callable[[Any, str], Any], cfg, out_dir: str, n: int, grace: floa
 def _raise_failure(failures: list[tuple[int, str, Any]], n: int):
     """The error of the job from the ranks' failures: the first rank that died or failed on its own, rather
     than the ranks that failed because it was gone."""
-    from gantrain.train import Interrupted
-
     order = {"died": 0, "interrupted": 1, "user_error": 1, "error": 1, "comm_error": 2}
     if not failures:
         raise RankFailed(f"the {n} processes ended without rank 0 reporting a result.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 
 class EarlyStop:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gantrain import checkpoint
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from gantrain.generate import load_generator
     from gantrain.metrics import HIGHER_IS_BETTER, build_evaluator
     from gantrain.protocol import describe
-    from gantrain.train import select_device
+    from gantrain.runtime import select_device
 
     if args.num_samples is not None and args.num_samples < 2:
         raise UserError(f"-n {args.num_samples} is too few: the metrics need at least 2 samples.")

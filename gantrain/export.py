@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.models import sample
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}

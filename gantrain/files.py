@@ -1,14 +1,36 @@
-"""Small file-system helpers shared by the writers: sizes in words, free-space checks, temp files of dead
-writers, and removal that never hides the error being reported."""
+"""Small file-system helpers shared by the writers: atomic replacement (temp file + ``os.replace``), sizes in
+words, free-space checks, temp files of dead writers, and removal that never hides the error being reported."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """The temp file beside ``path`` that a writer fills before renaming it over ``path``: ``.NAME.tmpPID``
+    (:func:`remove_dead_temps` finds those of writers that no longer run by that PID)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """``with replacing(out) as tmp: write tmp``: ``tmp`` replaces ``out`` atomically when the block ends, so a
+    reader never sees a half-written ``out``; on an error (Ctrl-C included) ``tmp`` is removed and ``out`` kept."""
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
 
 
 def human(nbytes: float) -> str:

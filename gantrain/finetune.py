@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gantrain import checkpoint
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.summaries import flatten
 
 # model settings a fine-tune may change: they do not change the networks' weights' shapes or meaning

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from gantrain import generate_classes, interrupts, media, output_limits
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.models import sample as _forward  # fixed noise: a seed fixes the output
 
 BATCH = 256                         # latents per forward pass: memory stays bounded for any N
@@ -348,7 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def generate(args: argparse.Namespace) -> str:
     """Does the work; returns the line to print. Problems are UserErrors."""
     from gantrain import checkpoint
-    from gantrain.train import select_device
+    from gantrain.runtime import select_device
 
     kind, out = output_kind(args.out)
     video = kind in ("gif", "mp4")

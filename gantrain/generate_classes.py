@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 ALL_PER_CLASS = 8   # -n default for --class all
 

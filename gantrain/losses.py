@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.path_length import PathLength
 
 

@@ -12,7 +12,6 @@ scaled up (nearest neighbour, by a whole factor) until the longer side has at le
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gantrain.config import UserError
+from gantrain import files
+from gantrain.errors import UserError
 
 MP4_MIN_SIDE = 256
 
@@ -62,9 +62,8 @@ def style_mix(G: nn.Module, rows: list[int], cols: list[int], psi: float | None,
 def write_style_mix(images: torch.Tensor, out: Path, cols: int) -> None:
     from torchvision.utils import save_image
 
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_image(images, tmp, format="PNG", nrow=cols + 1, normalize=True, value_range=(-1, 1))
-    os.replace(tmp, out)
+    with files.replacing(out) as tmp:
+        save_image(images, tmp, format="PNG", nrow=cols + 1, normalize=True, value_range=(-1, 1))
 
 
 def need_ffmpeg(out: str) -> None:
@@ -78,22 +77,21 @@ def write_mp4(frames: Iterator[torch.Tensor], out: Path, curves: bool, fps: floa
 
     from gantrain.generate import curve_image, to_uint8
 
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     writer = None
-    try:
-        for b in frames:
-            arrays = [np.asarray(curve_image(y)) for y in b.numpy()] if curves else list(to_uint8(b))
-            for a in arrays:
-                a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
-                k = -(-MP4_MIN_SIDE // max(a.shape[:2]))              # ceil: the smallest factor reaching 256
-                a = np.ascontiguousarray(a.repeat(k, axis=0).repeat(k, axis=1))
-                if writer is None:
-                    writer = imageio_ffmpeg.write_frames(str(tmp), (a.shape[1], a.shape[0]), fps=fps,
-                                                         macro_block_size=2, output_params=["-f", "mp4"],
-                                                         ffmpeg_log_level="error")
-                    writer.send(None)
-                writer.send(a)
-    finally:
-        if writer is not None:
-            writer.close()
-    os.replace(tmp, out)
+    with files.replacing(out) as tmp:
+        try:
+            for b in frames:
+                arrays = [np.asarray(curve_image(y)) for y in b.numpy()] if curves else list(to_uint8(b))
+                for a in arrays:
+                    a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+                    k = -(-MP4_MIN_SIDE // max(a.shape[:2]))              # ceil: the smallest factor reaching 256
+                    a = np.ascontiguousarray(a.repeat(k, axis=0).repeat(k, axis=1))
+                    if writer is None:
+                        writer = imageio_ffmpeg.write_frames(str(tmp), (a.shape[1], a.shape[0]), fps=fps,
+                                                             macro_block_size=2, output_params=["-f", "mp4"],
+                                                             ffmpeg_log_level="error")
+                        writer.send(None)
+                    writer.send(a)
+        finally:
+            if writer is not None:
+                writer.close()

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from gantrain import checkpoint, classes, prdc
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.models import sample
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from gantrain import files
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 MAX_GRID_BYTES = 256 * 2**20       # one .png grid's canvas (uint8)
 MAX_CURVES = 10_000                # curves in one plot (matplotlib keeps every line)

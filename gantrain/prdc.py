@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 PRDC_NAMES = ("precision", "recall", "density", "coverage")
 SPACES = ("auto", "curve", "classifier", "inception", "randcnn")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 W_AVG_SAMPLES = 10_000
 LR, LR_RAMPUP, LR_RAMPDOWN = 0.1, 0.05, 0.25
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> str:
 
     from gantrain.export import load_checkpoint
     from gantrain.generate import _build, check_writable, load_generator, write_gif
-    from gantrain.train import select_device
+    from gantrain.runtime import select_device
 
     if args.steps < 1:
         raise UserError(f"--steps {args.steps} is out of range: use at least 1 step (the paper uses 1000).")

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 LOCK_NAME = ".gantrain.lock"
 _held: dict[str, tuple[int, int]] = {}  # resolved run dir -> (fd, depth) held by this process

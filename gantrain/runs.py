@@ -92,7 +92,7 @@ def _from_checkpoint(path: Path) -> tuple[list[str], str] | None:
 
 
 def _read_record(path: Path) -> list[str]:
-    from gantrain.config import UserError
+    from gantrain.errors import UserError
 
     try:
         overrides = yaml.safe_load(path.read_text()) or []

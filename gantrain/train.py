@@ -12,7 +12,6 @@ import functools
 import inspect
 import logging
 import math
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -32,14 +30,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gantrain import checkpoint, classes, distributed, finetune, rundir, runs, threads
 from gantrain.augment import build_augment
 from gantrain.best import Best
-from gantrain.config import UserError, validate
+from gantrain.config import validate
 from gantrain.data import build_dataset
 from gantrain.early_stop import EarlyStop
+from gantrain.errors import Interrupted, UserError
 from gantrain.health import build_health
 from gantrain.losses import GANLoss, check_networks
 from gantrain.metrics import build_evaluator
 from gantrain.models import recompute_batchnorm, sample
-from gantrain.precision import resolve as resolve_precision
+from gantrain.runtime import (
+    autocast_dtype,
+    configure_backends,
+    resolve_precision,
+    seed_everything,
+    select_device,
+    torch_seed,
+)
 from gantrain.steps import Trainee, d_step, g_step, update_counting_skips  # noqa: F401 (re-exported)
 from gantrain.summaries import Summaries, curves_figure, flatten, hparams_view, task_overrides
 
@@ -51,73 +57,7 @@ RESUME_SAFE = ("trainer.max_steps", "trainer.device", "trainer.compile", "traine
                "data.max_device_bytes", "health.")
 
 
-class Interrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after saving; ``signum`` says which."""
-
-    def __init__(self, signum: int, path: Path | None):
-        super().__init__(f"stopped by signal {signum}; saved {path}")
-        self.signum, self.path = signum, path
-
-
 # -------------------------------------------------------------------------------------------- setup
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"trainer.device={name} was asked for but no CUDA GPU is available: "
-                            "use trainer.device=auto or trainer.device=cpu.")
-        dev = torch.device(name)
-        if dev.index is None:  # this process's GPU (its local rank under torchrun), never an unset index
-            return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
-        if distributed.world_size() > 1:
-            raise UserError(f"trainer.device={name} would put all {distributed.world_size()} processes on one GPU: "
-                            "use trainer.device=cuda (each process takes its own) or CUDA_VISIBLE_DEVICES.")
-        if dev.index >= torch.cuda.device_count():
-            raise UserError(f"trainer.device={name} does not exist: this machine has "
-                            f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...).")
-        return dev
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UserError(f"trainer.device={name} is unknown: use auto, cpu, cuda or cuda:K.")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    precision = str(precision)
-    if precision == "32":
-        return None
-    if precision == "16":
-        if device.type != "cuda":
-            raise UserError("trainer.precision=16 needs a CUDA GPU: use trainer.precision=bf16 or 32 on the CPU.")
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("trainer.precision=bf16 is not supported by this GPU: use trainer.precision=16 or 32.")
-    return torch.bfloat16
-
-
-def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """Deterministic algorithms if asked; on CUDA the process's GPU, cuDNN autotuning and TF32 matmuls."""
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-
-def torch_seed(seed: int) -> int:
-    """Any integer as a torch seed: modulo 2**64, which is what torch itself does with the seeds it accepts
-    (-1 is 2**64 - 1), so seed=2**70 is reduced deterministically instead of overflowing."""
-    return int(seed) % 2**64
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(torch_seed(seed))
-
-
 def build_network(node: DictConfig, name: str, shape: tuple[int, ...]) -> torch.nn.Module:
     try:
         return instantiate(node, shape=shape)

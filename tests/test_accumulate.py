@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gantrain import checkpoint, distributed
-from gantrain.config import UserError, validate
+from gantrain.config import validate
+from gantrain.errors import UserError
 from gantrain.train import train
 from tests.utils import FAST, make_cfg, tiny
 

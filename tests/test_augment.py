@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from gantrain.augment import ADA_OPS, Augment, build_augment
-from gantrain.config import AugmentConfig, UserError
+from gantrain.config import AugmentConfig
+from gantrain.errors import UserError
 from gantrain.train import train
 
 from .test_checkpoint import scalar_steps

@@ -18,7 +18,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gantrain import checkpoint
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.train import train
 from tests.utils import FAST, gantrain, make_cfg, tiny
 

@@ -165,7 +165,7 @@ def test_resume_from_a_path_and_cfg_job_compose_with_the_runs_record(tmp_path):
 
 def test_a_later_start_in_a_run_directory_records_itself_beside_the_first(tmp_path):
     from gantrain import runs
-    from gantrain.config import UserError
+    from gantrain.errors import UserError
 
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")

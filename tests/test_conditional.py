@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gantrain import checkpoint
-from gantrain.config import UserError
 from gantrain.data import build_dataset
+from gantrain.errors import UserError
 from gantrain.models import conditional
 from tests.conftest import MNIST_TRAIN, write_idx
 from tests.utils import make_cfg, tiny

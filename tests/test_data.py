@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from gantrain.config import UserError
 from gantrain.data import Dataset, StreamingImageDataset, TensorDataset, build_dataset
 from gantrain.data import images as images_mod
+from gantrain.errors import UserError
 from tests.conftest import (
     CELEBA_IMAGES,
     FOLDER_READABLE,

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from gantrain import checkpoint, distributed
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from tests.utils import FAST, gantrain, make_cfg, tiny
 
 TINY_GAN = [*tiny("gan"), *FAST, "model.discriminator.dropout=0"]

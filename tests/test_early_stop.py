@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from gantrain import checkpoint
-from gantrain.config import UserError
 from gantrain.early_stop import EarlyStop
+from gantrain.errors import UserError
 from gantrain.train import train
 from tests.utils import FAST, make_cfg, tiny
 

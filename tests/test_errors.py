@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from gantrain import checkpoint
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.losses import GANLoss
 from gantrain.summaries import Summaries
 from gantrain.train import train, update_counting_skips

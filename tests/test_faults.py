@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gantrain import checkpoint, files
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.train import train
 from tests.test_errors import error_sentence
 from tests.utils import FAST, gantrain, make_cfg

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gantrain import checkpoint, distributed
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.finetune import d_blocks
 from gantrain.train import build_network
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gantrain import checkpoint, distributed
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.losses import GANLoss
 from gantrain.models import dcgan, mlp
 from gantrain.train import train

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gantrain import metrics
-from gantrain.config import MetricsConfig, UserError
+from gantrain.config import MetricsConfig
 from gantrain.data import build_dataset
+from gantrain.errors import UserError
 from gantrain.metrics import (
     Cache,
     MetricUnavailable,

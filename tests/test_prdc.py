@@ -11,8 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from gantrain import metrics
-from gantrain.config import MetricsConfig, UserError
+from gantrain.config import MetricsConfig
 from gantrain.data import build_dataset
+from gantrain.errors import UserError
 from gantrain.metrics import MetricUnavailable, build_evaluator
 from gantrain.prdc import PRDC_NAMES, inception_score, knn_radii, prdc
 from tests.test_metrics import collapsed, digit_root  # noqa: F401 (a fixture)

@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from gantrain import checkpoint, precision
+from gantrain import checkpoint, runtime
 from gantrain.train import train
 from tests.utils import FAST, make_cfg, tiny
 
@@ -25,20 +25,20 @@ CPU = torch.device("cpu")
 def test_cpu_flags_decide_auto(tmp_path, flags, expected):
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    assert precision.cpu_bf16_flags(info) == expected
-    assert precision.resolve("auto", CPU, info) == ("bf16" if expected else "32")
-    assert precision.resolve("16", CPU, info) == "16" and precision.resolve("32", CPU, info) == "32"
+    assert runtime.cpu_bf16_flags(info) == expected
+    assert runtime.resolve_precision("auto", CPU, info) == ("bf16" if expected else "32")
+    assert runtime.resolve_precision("16", CPU, info) == "16" and runtime.resolve_precision("32", CPU, info) == "32"
 
 
 def test_no_cpuinfo_means_fp32(tmp_path):
-    assert precision.resolve("auto", CPU, tmp_path / "missing") == "32"
+    assert runtime.resolve_precision("auto", CPU, tmp_path / "missing") == "32"
 
 
 def test_auto_is_logged_once_and_stored_in_the_config_and_hparams(tmp_path, caplog):
-    chosen = precision.resolve("auto", CPU)  # this machine's answer
+    chosen = runtime.resolve_precision("auto", CPU)  # this machine's answer
     common = [*FAST, *tiny("gan"), "data=sine", "data.size=256", "data.batch_size=8", "log.every_n_steps=2",
               "trainer.precision=auto"]
-    with caplog.at_level(logging.INFO, logger="gantrain.precision"):
+    with caplog.at_level(logging.INFO, logger="gantrain.runtime"):
         train(make_cfg(*common, "trainer.max_steps=2"), tmp_path / "run")
     assert [r.getMessage().split(" on ")[0] for r in caplog.records] == [f"trainer.precision=auto: {chosen}"]
     ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.models.layers import EqualLinear, MinibatchStdDev, ModulatedConv2d, NoiseInjection
 from gantrain.models.stylegan import Discriminator, Generator, style_mixing_images, truncation_strip
 

@@ -10,8 +10,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gantrain import checkpoint
-from gantrain.config import UserError
-from gantrain.train import build_optimizer, select_device, train
+from gantrain.errors import UserError
+from gantrain.runtime import select_device
+from gantrain.train import build_optimizer, train
 from tests.utils import FAST, make_cfg, tiny
 
 DATA = {
@@ -172,7 +173,8 @@ def test_optimisers_are_fused_on_cuda_unless_the_config_says():
 def test_explicit_gpu_index_is_refused_with_several_processes(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr("gantrain.distributed.world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert select_device("cuda") == torch.device("cuda", 3)
     with pytest.raises(UserError, match="would put all 2 processes on one GPU"):

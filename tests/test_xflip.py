@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gantrain.config import UserError
 from gantrain.data import StreamingImageDataset, build_dataset
+from gantrain.errors import UserError
 
 from .conftest import MNIST_TRAIN
 

@@ -13,12 +13,12 @@ import logging
 
 import torch
 
-from gantrain.config import UserError
 from gantrain.data import images
 from gantrain.data import labels as class_labels
 from gantrain.data.base import Dataset, TensorDataset
 from gantrain.data.images import StreamingImageDataset
 from gantrain.data.sine import SineDataset
+from gantrain.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import functools
 import numpy as np
 import torch
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 # real_samples() draws its fixed examples with this seed, independent of the run's seed.
 REAL_SAMPLES_SEED = 0x5EED

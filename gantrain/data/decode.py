@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gantrain import files
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 MAX_IMAGE_BYTES = 8192 * 8192 * 3      # one decoded image: at most 8192x8192 RGB (192 MiB)
 STALE_TEMP = re.compile(r"^\..+\.(?:npy|json)\.(\d+)\.tmp$")

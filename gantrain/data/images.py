@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gantrain.config import UserError
 from gantrain.data import decode
 from gantrain.data.base import Dataset, TensorDataset, uint8_to_float
 from gantrain.data.decode import _npy_header  # noqa: F401 (re-exported)
+from gantrain.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import os
 
 import torch
 
-from gantrain.config import UserError
 from gantrain.data import images
 from gantrain.data.base import Dataset
+from gantrain.errors import UserError
 
 FOLDER_HINT = ("a labelled folder has one subfolder per class, data.root/<class>/<image> "
                "(torchvision's ImageFolder layout, e.g. data.root/cat/1.jpg and data.root/dog/2.jpg)")

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from gantrain.config import UserError
 from gantrain.data.base import TensorDataset
+from gantrain.errors import UserError
 
 DATA_SEED = 20_240_601
 DEFAULTS = {"size": 16384, "num_points": 64, "amplitude": (0.5, 1.0), "phase": (0.0, 2 * math.pi),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 
 
 def _plan(shape: Sequence[int]) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gantrain.config import UserError
+from gantrain.errors import UserError
 from gantrain.models.layers import (
     EqualConv2d,
     EqualLinear,

@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="name of the docs/BENCHMARKS.md section to (re)write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from gantrain.runtime import configure_backends, select_device
     from gantrain.tools.flops import gemm_peak
-    from gantrain.train import configure_backends, select_device
 
     device = select_device(args.device)
     configure_backends(device, deterministic=False)  # as train() sets them, before the first ceiling

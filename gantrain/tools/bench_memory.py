@@ -32,8 +32,8 @@ def _rss_mib() -> float:
 
 def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
     from gantrain.cli import compose
+    from gantrain.runtime import configure_backends, select_device
     from gantrain.tools.bench import CASES, Networks
-    from gantrain.train import configure_backends, select_device
 
     device = select_device(device_name)
     configure_backends(device, deterministic=False)

@@ -192,7 +192,8 @@ def record(overrides: list[str], out_dir: str | Path,
     With ``trace``, the run is also profiled (``torch.profiler``, each step's two phases as named ranges) and
     the Chrome trace written there; on CUDA ``recorder.profiler_syncs`` counts the blocking runtime calls."""
     from gantrain.cli import compose
-    from gantrain.train import select_device, train
+    from gantrain.runtime import select_device
+    from gantrain.train import train
 
     cfg = compose(overrides)
     if not any(o.startswith("trainer.max_steps=") for o in overrides):
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = p.parse_known_args(argv)  # the rest are gantrain overrides (key=value)
     trace = args.trace
     from gantrain.cli import explain
-    from gantrain.config import UserError
+    from gantrain.errors import UserError
 
     defaults = ["metrics.enabled=false", "log.progress_bar=false"]  # the user's overrides come after, and win
     try:
