@@ -62,7 +62,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from gantrain import distributed  # torch is imported only when a job really runs
-    from gantrain.train import Interrupted, train
+    from gantrain.errors import Interrupted
+    from gantrain.train import train
 
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
