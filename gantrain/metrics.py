@@ -430,13 +430,13 @@ class ClassifierBackend:
 def load_labelled(cfg_data, name: str, resolution: int):
     """MNIST-like train and test images (float [-1, 1], (N, 1, R, R)) and labels, read (and checked) by the
     data stage's loader."""
-    from gantrain.data.base import uint8_to_float
-    from gantrain.data.images import fit_resolution, load_mnist_like
+    from gantrain.data.mnist import fit_resolution, load_mnist_like
+    from gantrain.torch_utils import from_uint8
 
     out = []
     for split in ("train", "test"):
         x, y = load_mnist_like(cfg_data, name, split=split)
-        out += [uint8_to_float(fit_resolution(x.unsqueeze(1), resolution)), y]
+        out += [from_uint8(fit_resolution(x.unsqueeze(1), resolution)), y]
     return tuple(out)
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from gantrain.data import Dataset, StreamingImageDataset, TensorDataset, build_dataset
-from gantrain.data import images as images_mod
+from gantrain.data import Dataset, StreamingImageDataset, TensorDataset, build_dataset, decoded_cache
+from gantrain.data import folder as folder_mod
 from gantrain.errors import UserError
 from tests.conftest import (
     CELEBA_IMAGES,
@@ -221,7 +221,7 @@ def folder_cfg(data_cfg, root, **kw):
 
 
 def test_folder_images_and_skip_warning(data_cfg, image_folder, caplog):
-    caplog.set_level(logging.WARNING, logger="gantrain.data.images")
+    caplog.set_level(logging.WARNING, logger="gantrain.data.folder")
     ds = build(folder_cfg(data_cfg, image_folder))
     assert (ds.kind, ds.shape, ds.num_examples, ds.name) == ("image", (3, 16, 16), FOLDER_READABLE, "folder")
     b = ds.batch(0, 5)
@@ -294,7 +294,7 @@ def test_centre_crop_resize_and_colour(data_cfg, tmp_path):
 
 
 def test_npy_header_padding_is_readable(tmp_path):
-    header = images_mod._npy_header((3, 2, 2, 1), length=256)
+    header = decoded_cache._npy_header((3, 2, 2, 1), length=256)
     assert len(header) == 256
     (tmp_path / "a.npy").write_bytes(header + bytes(range(12)))
     a = np.load(tmp_path / "a.npy", mmap_mode="r")
@@ -328,7 +328,7 @@ class CountingDecoder:
     def __init__(self):
         self.calls = 0
         self.lock = threading.Lock()
-        self.real = images_mod.decode_image
+        self.real = folder_mod.decode_image
 
     def __call__(self, *a, **k):
         with self.lock:
@@ -342,7 +342,7 @@ def cache_files(root):
 
 def test_cache_built_once(data_cfg, image_folder, monkeypatch):
     counter = CountingDecoder()
-    monkeypatch.setattr(images_mod, "decode_image", counter)
+    monkeypatch.setattr(folder_mod, "decode_image", counter)
     cfg = folder_cfg(data_cfg, image_folder)
     first = build(cfg).real_samples(8)
     assert counter.calls == FOLDER_READABLE + 1                 # every image file once (broken.jpg too)
@@ -383,8 +383,8 @@ def test_corrupt_cache_is_rebuilt(data_cfg, image_folder, monkeypatch, caplog, d
     else:
         meta.unlink()
     counter = CountingDecoder()
-    monkeypatch.setattr(images_mod, "decode_image", counter)
-    caplog.set_level(logging.WARNING, logger="gantrain.data.images")
+    monkeypatch.setattr(folder_mod, "decode_image", counter)
+    caplog.set_level(logging.WARNING, logger="gantrain.data.decoded_cache")
     again = build(cfg).real_samples(FOLDER_READABLE)
     assert counter.calls == FOLDER_READABLE + 1
     assert any("rebuilding" in r.getMessage() for r in caplog.records)
@@ -394,7 +394,7 @@ def test_corrupt_cache_is_rebuilt(data_cfg, image_folder, monkeypatch, caplog, d
 
 def test_concurrent_builders_decode_once(data_cfg, image_folder, monkeypatch):
     counter = CountingDecoder()
-    monkeypatch.setattr(images_mod, "decode_image", counter)
+    monkeypatch.setattr(folder_mod, "decode_image", counter)
     cfg = folder_cfg(data_cfg, image_folder)
     results, errors = [], []
 
@@ -431,7 +431,7 @@ def test_unwritable_root_falls_back_to_home_cache(data_cfg, image_folder, tmp_pa
             return False
         return real_access(path, mode, *a, **k)
 
-    monkeypatch.setattr(images_mod.os, "access", access)
+    monkeypatch.setattr(folder_mod.os, "access", access)
     ds = build(folder_cfg(data_cfg, image_folder))
     assert ds.num_examples == FOLDER_READABLE
     assert not cache_files(image_folder)

@@ -427,7 +427,8 @@ def test_a_cache_that_does_not_fit_the_disk_is_refused_before_decoding(tmpfs, da
 
 
 def test_the_disk_filling_up_while_decoding(tmpfs, data_cfg, image_folder, monkeypatch):
-    from gantrain.data import build_dataset, images
+    from gantrain.data import build_dataset
+    from gantrain.data import folder as images
 
     cache = tmpfs(8)
     real = images.decode_image

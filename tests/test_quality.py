@@ -29,7 +29,7 @@ def test_quality_script_sine_case_writes_its_table(tmp_path, capsys):
 def test_digits_are_mnist_idx_read_by_the_loaders(tmp_path, monkeypatch):
     from torchvision import datasets
 
-    from gantrain.data.images import load_mnist_like
+    from gantrain.data.mnist import load_mnist_like
 
     monkeypatch.setitem(qdata.DIGIT_SEEDS, "digits-tiny", 7)
     root = qdata.digits(tmp_path, "digits-tiny", 40, n_test=20)

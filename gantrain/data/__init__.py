@@ -5,6 +5,15 @@
     x = data.batch(step, cfg.data.batch_size)   # pure in (seed, rank, world_size, step, batch_size)
 
 Data knows nothing of models: a model that needs another image size passes ``resolution``.
+
+    base.py           the Dataset contract: deterministic, shardable, resumable batches
+    sine.py           the built-in sine curves
+    mnist.py          MNIST / Fashion-MNIST from their IDX files
+    folder.py         CelebA and any folder of images, decoded once
+    decoded_cache.py  the file-locked decoded-image cache (.npy + .json), and where it lives
+    decode.py         decoding in worker processes that die with the run
+    streaming.py      device-resident, or streamed per batch from the cache
+    labels.py         class labels for conditional models
 """
 
 from __future__ import annotations
@@ -13,11 +22,12 @@ import logging
 
 import torch
 
-from gantrain.data import images
 from gantrain.data import labels as class_labels
 from gantrain.data.base import Dataset, TensorDataset
-from gantrain.data.images import StreamingImageDataset
+from gantrain.data.folder import build_folder
+from gantrain.data.mnist import build_mnist
 from gantrain.data.sine import SineDataset
+from gantrain.data.streaming import StreamingImageDataset
 from gantrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,9 +58,9 @@ def build_dataset(cfg_data, *, device: torch.device, seed: int = 0, rank: int = 
                             "for data=sine.")
         ds = SineDataset(cfg_data, **common)
     elif name in ("mnist", "fashion_mnist"):
-        ds = images.build_mnist(cfg_data, resolution=resolution, **common)
+        ds = build_mnist(cfg_data, resolution=resolution, **common)
     elif name in ("celeba", "folder"):
-        ds = images.build_folder(cfg_data, resolution=resolution, progress=progress, **common)
+        ds = build_folder(cfg_data, resolution=resolution, progress=progress, **common)
     else:
         raise UserError(f"data.name={name} is unknown: choose one of {', '.join(NAMES)}.")
     if labels:

@@ -19,14 +19,30 @@ cached (on the device for device-resident data); ``batch`` never synchronises ho
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gantrain.errors import UserError
+from gantrain.torch_utils import from_uint8
 
 # real_samples() draws its fixed examples with this seed, independent of the run's seed.
 REAL_SAMPLES_SEED = 0x5EED
+DEFAULT_ROOT = "~/.cache/gantrain/data"
+
+
+def setting(cfg, key: str, default=None):
+    """``cfg.key`` of a config node (DictConfig, dict or object), ``default`` when absent or null."""
+    value = cfg.get(key, None) if hasattr(cfg, "get") else getattr(cfg, key, None)
+    return default if value is None else value
+
+
+def data_root(cfg_data) -> Path:
+    """``data.root`` as an absolute path (``~`` and ``$VARS`` expanded); default $GANTRAIN_DATA or DEFAULT_ROOT."""
+    root = setting(cfg_data, "root", os.environ.get("GANTRAIN_DATA", DEFAULT_ROOT))
+    return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -165,14 +181,9 @@ class TensorDataset(Dataset):
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         x = torch.index_select(self.data, 0, idx % self.stored if self.xflip else idx)
-        x = uint8_to_float(x) if x.dtype == torch.uint8 else x.float()
+        x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
         return self._mirror(x, idx)
 
     def close(self) -> None:
         super().close()
         self.data = self.data.new_empty((0, *self.data.shape[1:]))  # a slice would keep the storage alive
-
-
-def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1 and 255 -> 1 exactly)."""
-    return x.float().div_(127.5).sub_(1.0)

@@ -16,8 +16,9 @@ import os
 
 import torch
 
-from gantrain.data import images
-from gantrain.data.base import Dataset
+from gantrain.data.base import Dataset, data_root, setting
+from gantrain.data.folder import scan_images
+from gantrain.data.mnist import load_mnist_like
 from gantrain.errors import UserError
 
 FOLDER_HINT = ("a labelled folder has one subfolder per class, data.root/<class>/<image> "
@@ -25,8 +26,8 @@ FOLDER_HINT = ("a labelled folder has one subfolder per class, data.root/<class>
 
 
 def mnist_labels(cfg_data, name: str) -> tuple[torch.Tensor, list[str]]:
-    split = str(images._cfg(cfg_data, "split", "train"))
-    _, targets = images.load_mnist_like(cfg_data, name, split=split)
+    split = str(setting(cfg_data, "split", "train"))
+    _, targets = load_mnist_like(cfg_data, name, split=split)
     if name == "fashion_mnist":
         from torchvision import datasets
 
@@ -36,8 +37,8 @@ def mnist_labels(cfg_data, name: str) -> tuple[torch.Tensor, list[str]]:
 
 def folder_labels(cfg_data, stored: int) -> tuple[torch.Tensor, list[str]]:
     """Labels of the folder's images in the decoded cache's order (its sorted file list)."""
-    root = images._root(cfg_data)
-    files, _ = images.scan_images(root, recursive=True)
+    root = data_root(cfg_data)
+    files, _ = scan_images(root, recursive=True)
     parts = [os.path.relpath(path, root).split(os.sep) for path, _, _ in files]
     loose = [p[0] for p in parts if len(p) == 1]
     if loose:
