@@ -87,7 +87,7 @@ class CkptConfig:
 @dataclass
 class MetricsConfig:
     enabled: bool = True
-    names: list[str] | None = None      # null: the data set's defaults (see gantrain/metrics.py)
+    names: list[str] | None = None      # null: the data set's defaults (see gantrain/metrics/names.py)
     primary: str | None = None          # null: sine_ks, classifier_fd, fid (or rand_fd without Inception)
     every_n_steps: int | None = None    # null: 500 for sine curves, 2000 for images
     num_samples: int | None = None      # null: 1024 for sine curves, 2048 for images
@@ -97,7 +97,7 @@ class MetricsConfig:
     classifier_steps: int = 300
     kid_subsets: int = 50
     kid_subset_size: int = 1000
-    prdc: bool = False                  # true: also precision, recall, density, coverage (gantrain/prdc.py)
+    prdc: bool = False                  # true: also precision, recall, density, coverage (gantrain/metrics/)
     prdc_features: str = "auto"         # their feature space: auto, curve, classifier, inception, randcnn
     prdc_k: int = 3                     # k of the k-th nearest neighbour radii
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +93,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if tuple(data.shape) != shape:
             raise UserError(f"the data set now has shape {tuple(data.shape)} but the checkpoint was trained on "
                             f"{shape}: point --data-root at the run's data.")
-        with _without_training_schedule():
-            evaluator = build_evaluator(mcfg, data, cfg_data, device)
+        evaluator = build_evaluator(mcfg, data, cfg_data, device, schedule=False)  # not a training run's line
         scores = evaluator.evaluate(G)
         protocol = describe(evaluator, data, "EMA" if is_ema else "raw (no EMA in the checkpoint)")
     finally:
@@ -106,19 +104,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "primary": evaluator.primary, "metrics": scores,
         "higher_is_better": sorted(n for n in scores if n in HIGHER_IS_BETTER), "protocol": protocol,
     }
-
-
-@contextmanager
-def _without_training_schedule():
-    """The evaluator's "metrics: ... every N steps on M samples" line describes a training run, not this
-    evaluation (the table below names the samples): leave it out."""
-    metrics_log = logging.getLogger("gantrain.metrics")
-    schedule = lambda record: not str(record.msg).startswith("metrics: %s every %d steps")  # noqa: E731
-    metrics_log.addFilter(schedule)
-    try:
-        yield
-    finally:
-        metrics_log.removeFilter(schedule)
 
 
 def table(result: dict[str, Any]) -> str:

@@ -30,6 +30,8 @@ from gantrain.metrics import (
     gaussian_stats,
     kernel_distance,
 )
+from gantrain.metrics import features as metric_features
+from gantrain.metrics import stats as metric_stats
 from gantrain.train import train
 from tests.conftest import write_idx
 from tests.utils import FAST as _FAST
@@ -145,7 +147,7 @@ def test_classifier_metrics_and_cache_reuse(tmp_path, data_cfg, digit_root, monk
     for f in (tmp_path / "mcache").glob("*.pt"):
         torch.load(f, weights_only=True)
     # the second evaluator reuses both: training the classifier again would fail here
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("classifier trained again"))
+    monkeypatch.setattr(metric_features, "train_classifier", lambda *a, **k: pytest.fail("classifier trained again"))
     ev2 = build_evaluator(m, data, cfg_data, CPU)
     assert ev2.backends["classifier"].classifier_cached and ev2.backends["classifier"].cache_hit
     assert ev2.score(data.batch(1, 200)) == pytest.approx(real)
@@ -189,7 +191,7 @@ def rank_images(ev, data, fd: str, kid: str) -> None:
 
 
 def test_inception_path_with_a_stand_in_extractor(tmp_path, data_cfg, faces, monkeypatch):
-    monkeypatch.setattr(metrics, "load_inception", lambda device: StandIn())
+    monkeypatch.setattr(metric_features, "load_inception", lambda device: StandIn())
     cfg_data = data_cfg("folder", root=str(faces), resolution=16)
     data = build_dataset(cfg_data, device=CPU, progress=False)
     m = mcfg(tmp_path, num_samples=HALF)
@@ -204,7 +206,7 @@ def test_fallback_without_inception_says_so_and_carries_on(tmp_path, data_cfg, f
     def offline(device):
         raise MetricUnavailable("the Inception weights for FID/KID are not available (URLError: no network)")
 
-    monkeypatch.setattr(metrics, "load_inception", offline)
+    monkeypatch.setattr(metric_features, "load_inception", offline)
     cfg_data = data_cfg("folder", root=str(faces), resolution=16)
     data = build_dataset(cfg_data, device=CPU, progress=False)
     with caplog.at_level(logging.WARNING, logger="gantrain.metrics"):
@@ -217,12 +219,12 @@ def test_fallback_without_inception_says_so_and_carries_on(tmp_path, data_cfg, f
 
 def test_only_the_metrics_asked_for_are_computed(tmp_path, data_cfg, faces, monkeypatch):
     """names=[rand_fd]: KID's subset estimates (seconds per evaluation on a CPU) are not computed at all."""
-    monkeypatch.setattr(metrics, "load_inception", lambda device: (_ for _ in ()).throw(
+    monkeypatch.setattr(metric_features, "load_inception", lambda device: (_ for _ in ()).throw(
         MetricUnavailable("the Inception weights for FID/KID are not available (no network)")))
     cfg_data = data_cfg("folder", root=str(faces), resolution=16)
     data = build_dataset(cfg_data, device=CPU, progress=False)
     ev = build_evaluator(mcfg(tmp_path, num_samples=HALF, names=["rand_fd"]), data, cfg_data, CPU)
-    monkeypatch.setattr(metrics, "kernel_distance", lambda *a, **k: pytest.fail("KID computed but not asked for"))
+    monkeypatch.setattr(metric_stats, "kernel_distance", lambda *a, **k: pytest.fail("KID computed but not asked for"))
     scores = ev.score(data.real_samples(HALF))
     assert list(scores) == ["rand_fd"] and math.isfinite(scores["rand_fd"])
 
@@ -231,7 +233,7 @@ def test_required_inception_offline_stops_before_training(tmp_path, image_folder
     def offline(device):
         raise MetricUnavailable("the Inception weights for FID/KID are not available (URLError: no network)")
 
-    monkeypatch.setattr(metrics, "load_inception", offline)
+    monkeypatch.setattr(metric_features, "load_inception", offline)
     cfg = make_cfg(*FAST, *tiny("gan"), "data=folder", f"data.root={image_folder}", "data.resolution=8",
                    "trainer.max_steps=2", "metrics.required=true", f"metrics.cache_dir={tmp_path / 'mc'}")
     with pytest.raises(UserError, match=r"metrics.required=true but the Inception weights"):
@@ -246,8 +248,8 @@ def test_a_failed_inception_download_is_caught_and_tried_once(monkeypatch):
         calls.append(device)
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(metrics, "_INCEPTION_ERROR", None)
-    monkeypatch.setattr(metrics, "InceptionFeatures", no_network)
+    monkeypatch.setattr(metric_features, "_INCEPTION_ERROR", None)
+    monkeypatch.setattr(metric_features, "InceptionFeatures", no_network)
     for _ in range(2):
         with pytest.raises(MetricUnavailable, match="Name or service not known"):
             metrics.load_inception(CPU)
@@ -369,8 +371,8 @@ def test_offline_inception_is_said_once_per_process_in_gantrains_words(tmp_path,
         sys.stdout.write('Downloading: "https://example.org/pt_inception.pth" to /nowhere/pt_inception.pth\n')
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(metrics, "_INCEPTION_ERROR", None)
-    monkeypatch.setattr(metrics, "InceptionFeatures", no_network)
+    monkeypatch.setattr(metric_features, "_INCEPTION_ERROR", None)
+    monkeypatch.setattr(metric_features, "InceptionFeatures", no_network)
     cfg_data = data_cfg("folder", root=str(faces), resolution=16)
     data = build_dataset(cfg_data, device=CPU, progress=False)
     with caplog.at_level(logging.INFO, logger="gantrain.metrics"):

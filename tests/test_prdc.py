@@ -14,8 +14,8 @@ from gantrain import metrics
 from gantrain.config import MetricsConfig
 from gantrain.data import build_dataset
 from gantrain.errors import UserError
-from gantrain.metrics import MetricUnavailable, build_evaluator
-from gantrain.prdc import PRDC_NAMES, inception_score, knn_radii, prdc
+from gantrain.metrics import PRDC_NAMES, MetricUnavailable, build_evaluator, inception_score, knn_radii, prdc
+from gantrain.metrics import features as metric_features
 from tests.test_metrics import collapsed, digit_root  # noqa: F401 (a fixture)
 
 CPU = torch.device("cpu")
@@ -100,7 +100,7 @@ def test_image_prdc_falls_back_to_the_random_cnn_and_is_is_skipped_offline(tmp_p
     def offline(device, feature="2048"):
         raise MetricUnavailable("the Inception weights for FID/KID are not available (URLError: no network)")
 
-    monkeypatch.setattr(metrics, "load_inception", offline)
+    monkeypatch.setattr(metric_features, "load_inception", offline)
     cfg_data = data_cfg("folder", root=str(image_folder), resolution=8)
     data = build_dataset(cfg_data, device=CPU, progress=False)
     with caplog.at_level(logging.WARNING, logger="gantrain.metrics"):
@@ -119,7 +119,7 @@ def test_is_with_a_stand_in_inception(tmp_path, data_cfg, image_folder, monkeypa
         seen.append(feature)
         return lambda x: x.float().flatten(1)[:, :10]
 
-    monkeypatch.setattr(metrics, "load_inception", stand_in)
+    monkeypatch.setattr(metric_features, "load_inception", stand_in)
     cfg_data = data_cfg("folder", root=str(image_folder), resolution=8)
     data = build_dataset(cfg_data, device=CPU, progress=False)
     ev = build_evaluator(mcfg(tmp_path, num_samples=12, names=["is"]), data, cfg_data, CPU)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from gantrain.prdc import PRDC_NAMES
+from gantrain.metrics import PRDC_NAMES
 from gantrain.quality import data as qdata
 from gantrain.quality.__main__ import CASES, data_overrides, fmt, run_gantrain, write_section
 
