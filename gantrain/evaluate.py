@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gantrain import checkpoint
+from gantrain.cli_util import run_cli
 from gantrain.errors import UserError
 
 
@@ -51,8 +52,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     from gantrain.config import DataConfig, MetricsConfig
     from gantrain.data import build_dataset
-    from gantrain.generate import load_generator
     from gantrain.metrics import HIGHER_IS_BETTER, build_evaluator
+    from gantrain.models.loading import load_generator
     from gantrain.protocol import describe
     from gantrain.runtime import select_device
 
@@ -125,19 +126,16 @@ def write_json(result: dict[str, Any], out: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+
+    def work() -> None:
         result = evaluate(args)
         print(table(result))
         if args.protocol:
             print("protocol:\n" + "\n".join(f"  {line}" for line in result["protocol"]))
         if args.json:
             write_json(result, args.json)
-    except UserError as e:
-        print(f"gantrain-eval: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        print(f"gantrain-eval: error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+    run_cli("gantrain-eval", work)
 
 
 if __name__ == "__main__":

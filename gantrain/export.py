@@ -24,15 +24,16 @@ import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from gantrain.cli_util import run_cli
 from gantrain.errors import UserError
 from gantrain.models import sample
+from gantrain.torch_utils import to_uint8
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
 EXTRA = "pip install 'gantrain[export]'"
@@ -52,8 +53,8 @@ class Exported(nn.Module):
         else:
             x = self.G(z, *([] if c is None else [c]), psi=1.0 if self.psi is None else self.psi,
                        noise_mode=self.noise)
-        if self.uint8:   # gantrain.generate.to_uint8, in the graph
-            x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        if self.uint8:   # in the graph
+            x = to_uint8(x).permute(0, 2, 3, 1)
         return x
 
 
@@ -173,7 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def export(args: argparse.Namespace) -> str:
-    from gantrain.generate import check_writable, load_generator
+    from gantrain.models.loading import load_generator
+    from gantrain.writers import check_writable
 
     out = Path(args.out).expanduser()
     kind = FORMATS.get(out.suffix.lower())
@@ -215,14 +217,7 @@ def export(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        print(export(args))
-    except UserError as e:
-        print(f"gantrain-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        print(f"gantrain-export: error: cannot write -o {args.out}: {e.strerror or e}.", file=sys.stderr)
-        sys.exit(2)
+    run_cli("gantrain-export", lambda: print(export(args)), out=args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from torch import nn
 
 from gantrain import files
 from gantrain.errors import UserError
+from gantrain.writers import curve_image, to_uint8_hwc
 
 MP4_MIN_SIDE = 256
 
@@ -75,13 +76,11 @@ def need_ffmpeg(out: str) -> None:
 def write_mp4(frames: Iterator[torch.Tensor], out: Path, curves: bool, fps: float = 25.0) -> None:
     import imageio_ffmpeg
 
-    from gantrain.generate import curve_image, to_uint8
-
     writer = None
     with files.replacing(out) as tmp:
         try:
             for b in frames:
-                arrays = [np.asarray(curve_image(y)) for y in b.numpy()] if curves else list(to_uint8(b))
+                arrays = [np.asarray(curve_image(y)) for y in b.numpy()] if curves else list(to_uint8_hwc(b))
                 for a in arrays:
                     a = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
                     k = -(-MP4_MIN_SIDE // max(a.shape[:2]))              # ceil: the smallest factor reaching 256

@@ -18,7 +18,7 @@ from gantrain.errors import UserError
 MAX_GRID_BYTES = 256 * 2**20       # one .png grid's canvas (uint8)
 MAX_CURVES = 10_000                # curves in one plot (matplotlib keeps every line)
 MAX_FRAMES_BYTES = 1024 * 2**20    # an animation's frames, held until it is written
-CURVE_IMAGE = (128, 256, 3)        # generate.curve_image's size: one frame or file of curve data
+CURVE_IMAGE = (128, 256, 3)        # writers.curve_image's size: one frame or file of curve data
 PNG_OVERHEAD = 1024                # bytes a small PNG may add over its raw pixels
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gantrain.cli_util import run_cli
 from gantrain.errors import UserError
 
 W_AVG_SAMPLES = 10_000
@@ -164,8 +165,9 @@ def run(args: argparse.Namespace) -> str:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     from gantrain.export import load_checkpoint
-    from gantrain.generate import _build, check_writable, load_generator, write_gif
+    from gantrain.models.loading import build, load_generator
     from gantrain.runtime import select_device
+    from gantrain.writers import check_writable, to_pil, to_uint8_hwc, write_gif
 
     if args.steps < 1:
         raise UserError(f"--steps {args.steps} is out of range: use at least 1 step (the paper uses 1000).")
@@ -182,7 +184,7 @@ def run(args: argparse.Namespace) -> str:
     D = None
     if args.feature_weight > 0:
         try:
-            D = _build(ckpt["config"]["model"]["discriminator"], shape=tuple(ckpt["data_shape"]))
+            D = build(ckpt["config"]["model"]["discriminator"], shape=tuple(ckpt["data_shape"]))
             D.load_state_dict(ckpt["D"])
         except (KeyError, TypeError, RuntimeError) as e:
             raise UserError(f"the checkpoint's discriminator cannot be rebuilt for the feature distance "
@@ -196,12 +198,8 @@ def run(args: argparse.Namespace) -> str:
     with torch.no_grad():
         proj = G.synthesis(w, noise_mode="const")
     psnr = float(peak_signal_noise_ratio(proj.clamp(-1, 1), target, data_range=2.0))
-    from PIL import Image
-
-    from gantrain.generate import to_uint8
     for name, x in (("target.png", target), ("proj.png", proj)):
-        a = to_uint8(x.cpu())[0]
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(out / name)
+        to_pil(to_uint8_hwc(x)[0]).save(out / name)
     np.savez(out / "w.npz", w=w.cpu().numpy(), w_plus=args.w_plus, psnr=psnr,
              **{f"noise/{k}": v.cpu().numpy() for k, v in maps.items()})
     write_gif(iter(frames), out / "progress.gif", curves=False, fps=10)
@@ -212,14 +210,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        print(run(args))
-    except UserError as e:
-        print(f"gantrain-project: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        print(f"gantrain-project: error: cannot write -o {args.out}: {e.strerror or e}.", file=sys.stderr)
-        sys.exit(2)
+    run_cli("gantrain-project", lambda: print(run(args)), out=args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from gantrain import checkpoint
 from gantrain.augment import ADA_OPS, Augment
 from gantrain.data import build_dataset
 from gantrain.data.base import TensorDataset
-from gantrain.generate import load_generator
+from gantrain.models.loading import load_generator
 from gantrain.train import train
 
 from .utils import FAST, make_cfg, tiny

@@ -175,7 +175,7 @@ def two_class_mnist(root: Path, n: int = 64) -> Path:
 def test_a_class_steers_what_is_generated(tmp_path):
     """Trained briefly on black (0) and white (1) images, G makes for class 0 images nearer the black reals
     than the white ones, and for class 1 the reverse."""
-    from gantrain.generate import load_generator
+    from gantrain.models.loading import load_generator
 
     root = two_class_mnist(tmp_path / "data")
     run(tmp_path / "run", *tiny("gan"), *COND, *mnist(root), "trainer.max_steps=100", "model.ema_kimg=null",

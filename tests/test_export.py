@@ -12,6 +12,7 @@ import torch
 
 from gantrain import checkpoint, export, generate
 from gantrain.models import sample
+from gantrain.models.loading import load_generator
 from tests.checkpoints import tiny_checkpoints
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'gantrain[export]'")
@@ -35,7 +36,7 @@ def onnx_files(ckpts, tmp_path_factory):
 
 
 def pytorch_generator(ckpt):
-    G, _ = generate.load_generator(checkpoint.load(ckpt), torch.device("cpu"))
+    G, _ = load_generator(checkpoint.load(ckpt), torch.device("cpu"))
     return G
 
 

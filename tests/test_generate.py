@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gantrain import checkpoint, generate
+from gantrain import checkpoint, generate, sampling
+from gantrain.models.loading import ema_to_plain
 from gantrain.train import train
+from gantrain.writers import to_uint8_hwc
 from tests.utils import FAST, gantrain, make_cfg, tiny
 
 
@@ -71,7 +73,7 @@ def generator_of(ckpt: Path, which: str):
 
     obj = checkpoint.load(ckpt)
     G = instantiate(obj["config"]["model"]["generator"], shape=tuple(obj["data_shape"]))
-    state = generate.ema_to_plain(obj["G_ema"]) if which == "G_ema" else obj["G"]
+    state = ema_to_plain(obj["G_ema"]) if which == "G_ema" else obj["G"]
     G.load_state_dict(state)
     return G.eval()
 
@@ -100,8 +102,8 @@ def test_npz_images_are_the_ema_generators_samples_for_the_seed(tmp_path, ckpts)
     # the same samples computed by hand: latents from torch.Generator().manual_seed(7), EMA weights
     z = torch.randn(300, 100, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        expected = generate.to_uint8(generator_of(ckpts["dcgan"], "G_ema")(z))
-        raw = generate.to_uint8(generator_of(ckpts["dcgan"], "G")(z))
+        expected = to_uint8_hwc(generator_of(ckpts["dcgan"], "G_ema")(z))
+        raw = to_uint8_hwc(generator_of(ckpts["dcgan"], "G")(z))
     assert np.array_equal(images, expected)
     assert not np.array_equal(images, raw)
 
@@ -155,10 +157,10 @@ def test_gif_is_a_smooth_loop(tmp_path, ckpts, model):
 def test_slerp_keeps_the_norm_between_latents():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(1, 512, generator=g), torch.randn(1, 512, generator=g)
-    mid = generate.slerp(a, b, 0.5)
+    mid = sampling.slerp(a, b, 0.5)
     assert abs(mid.norm() - (a.norm() + b.norm()) / 2) < 0.05 * a.norm()
-    assert torch.allclose(generate.slerp(a, b, 0.0), a, atol=1e-5)
-    assert torch.allclose(generate.slerp(a, b, 1.0), b, atol=1e-4)
+    assert torch.allclose(sampling.slerp(a, b, 0.0), a, atol=1e-5)
+    assert torch.allclose(sampling.slerp(a, b, 1.0), b, atol=1e-4)
 
 
 def test_default_output_is_samples_png(tmp_path, ckpts):
@@ -281,11 +283,11 @@ def test_output_errors_are_one_sentence_exit_2(tmp_path, ckpts, capsys):
 # --------------------------------------------------------------------------------------- large N
 def test_tens_of_thousands_of_samples_in_batches(tmp_path, ckpts, monkeypatch, capsys):
     sizes = []
-    real_forward = generate._forward
-    monkeypatch.setattr(generate, "_forward", lambda G, z, psi: sizes.append(len(z)) or real_forward(G, z, psi))
+    real_forward = sampling._forward
+    monkeypatch.setattr(sampling, "_forward", lambda G, z, psi: sizes.append(len(z)) or real_forward(G, z, psi))
     n = 20_000
     gen(ckpts["gan"], "-n", n, "-o", tmp_path / "many.npz", "--seed", 0)
-    assert max(sizes) <= generate.BATCH and sum(sizes) == n
+    assert max(sizes) <= sampling.BATCH and sum(sizes) == n
     with np.load(tmp_path / "many.npz") as f:
         curves = f["curves"]
     assert curves.shape == (n, 64) and np.isfinite(curves).all()
@@ -293,4 +295,4 @@ def test_tens_of_thousands_of_samples_in_batches(tmp_path, ckpts, monkeypatch, c
     gen(ckpts["gan"], "-n", 10, "-o", tmp_path / "few.npz", "--seed", 0)
     assert np.array_equal(np.load(tmp_path / "few.npz")["curves"], curves[:10])
     assert "generating" in capsys.readouterr().err      # the progress bar of a large N
-    assert math.isclose(len(sizes), math.ceil(n / generate.BATCH) + 1)
+    assert math.isclose(len(sizes), math.ceil(n / sampling.BATCH) + 1)

@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gantrain import checkpoint, generate
+from gantrain import checkpoint, generate, sampling
 from gantrain.models import sample
+from gantrain.models.loading import load_generator
 from gantrain.models.stylegan import style_mixing_images
+from gantrain.writers import to_uint8_hwc
 from tests.checkpoints import tiny_checkpoints
 
 
@@ -35,11 +37,11 @@ def test_style_mix_figure_for_chosen_seeds(ckpts, tmp_path):
     fig = np.asarray(Image.open(out).convert("L")).astype(int)
     assert fig.shape == (2 + 4 * 34, 2 + 3 * 34)                    # 3 + 1 rows, 2 + 1 columns of 32x32 tiles
     tile = lambda r, c: fig[2 + r * 34: 34 + r * 34, 2 + c * 34: 34 + c * 34]
-    G, _ = generate.load_generator(checkpoint.load(ckpts["stylegan"]), torch.device("cpu"))
+    G, _ = load_generator(checkpoint.load(ckpts["stylegan"]), torch.device("cpu"))
     z = {s: torch.randn(1, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3, 10, 11)}
     with torch.no_grad():
-        own = {s: generate.to_uint8(sample(G, z[s], 0.8))[0, ..., 0].astype(int) for s in z}
-        mixed = generate.to_uint8(style_mixing_images(G, z[2], z[11], G.num_ws // 2, 0.8))[0, ..., 0].astype(int)
+        own = {s: to_uint8_hwc(sample(G, z[s], 0.8))[0, ..., 0].astype(int) for s in z}
+        mixed = to_uint8_hwc(style_mixing_images(G, z[2], z[11], G.num_ws // 2, 0.8))[0, ..., 0].astype(int)
     assert tile(0, 0).max() == 0                                     # the corner is black
     assert np.abs(tile(0, 2) - own[11]).max() <= 1 and np.abs(tile(3, 0) - own[3]).max() <= 1
     assert np.abs(tile(2, 2) - mixed).max() <= 1                     # coarse styles of seed 2, fine of seed 11
@@ -70,9 +72,9 @@ def test_mp4_walk(ckpts, tmp_path, model):
     assert meta["codec"] == "h264" and len(frames) == 3 * 5
     assert max(meta["size"]) >= 256 and np.std(frames[0]) > 0
     if model == "stylegan":   # 32x32 scaled up 8x: the first frame is the first keyframe
-        G, _ = generate.load_generator(checkpoint.load(ckpts[model]), torch.device("cpu"))
-        first = next(generate.interpolation(G, 3, 4, 2, None, torch.device("cpu"), False))[:1]
-        expected = generate.to_uint8(first)[0, ..., 0].astype(float)
+        G, _ = load_generator(checkpoint.load(ckpts[model]), torch.device("cpu"))
+        first = next(sampling.interpolation(G, 3, 4, 2, None, torch.device("cpu"), False))[:1]
+        expected = to_uint8_hwc(first)[0, ..., 0].astype(float)
         got = frames[0][..., 0].reshape(32, 8, 32, 8).mean(axis=(1, 3))
         assert np.abs(got - expected).mean() < 8                    # H.264 is lossy
 

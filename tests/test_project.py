@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gantrain import checkpoint, generate, project
+from gantrain import checkpoint, project
+from gantrain.models.loading import load_generator
+from gantrain.writers import to_uint8_hwc
 from tests.checkpoints import tiny_checkpoints
 
 # PSNR after 100 steps for the generator's own images of seeds 1-6 (this 2-step tiny StyleGAN, starting from
@@ -22,10 +24,10 @@ def ckpts(tmp_path_factory):
 
 
 def own_image(ckpt, path, seed=2):
-    G, _ = generate.load_generator(checkpoint.load(ckpt), torch.device("cpu"))
+    G, _ = load_generator(checkpoint.load(ckpt), torch.device("cpu"))
     z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        Image.fromarray(generate.to_uint8(G(z, noise_mode="const"))[0, ..., 0]).save(path)
+        Image.fromarray(to_uint8_hwc(G(z, noise_mode="const"))[0, ..., 0]).save(path)
     return path
 
 
@@ -50,13 +52,13 @@ def test_projecting_the_generators_own_image_recovers_it(ckpts, tmp_path, capsys
     gif = Image.open(out / "progress.gif")
     assert gif.n_frames == 51 and gif.size == (64, 32)         # target | projection, 50 frames + the last
     # w.npz and the noise maps reproduce proj.png with the checkpoint's generator
-    G, _ = generate.load_generator(checkpoint.load(ckpts["stylegan"]), torch.device("cpu"))
+    G, _ = load_generator(checkpoint.load(ckpts["stylegan"]), torch.device("cpu"))
     assert len(noise) == 7
     for name, buf in G.named_buffers():
         if name in noise:
             buf.copy_(noise[name])
     with torch.no_grad():
-        again = generate.to_uint8(G.synthesis(w, noise_mode="const"))[0, ..., 0]
+        again = to_uint8_hwc(G.synthesis(w, noise_mode="const"))[0, ..., 0]
     assert np.abs(again.astype(int) - proj.astype(int)).max() <= 1
     other = np.asarray(Image.open(own_image(ckpts["stylegan"], tmp_path / "other.png", seed=3)))
     assert psnr(other, tgt) < PSNR_W - 5                          # another sample of G is far from it

@@ -89,7 +89,7 @@ def test_default_sine_run_learns_sines(tmp_path):
     """The default run (MLP GAN, sine curves, its default steps, EMA generator) draws sines."""
     from hydra.utils import instantiate
 
-    from gantrain.generate import load_generator
+    from gantrain.models.loading import load_generator
 
     cfg = make_cfg(*FAST, "log.sample_every_n_steps=100000")
     torch.manual_seed(0)

@@ -93,8 +93,8 @@ def run_gantrain(case: Case, data_ovr: list[str], variant: list[str], seed: int,
     is an EMA, also the raw G. Returns [(suffix, scores, seconds)]."""
     from gantrain.checkpoint import load
     from gantrain.cli import compose
-    from gantrain.generate import load_generator
     from gantrain.models import recompute_batchnorm
+    from gantrain.models.loading import load_generator
     from gantrain.train import train
 
     cfg = compose([f"model={case.model}", *data_ovr, f"data.batch_size={case.batch}", f"trainer.max_steps={steps}",

@@ -79,7 +79,7 @@ def train_run(overrides: list[str], out: Path) -> float:
 
 def score_ckpt(sc, path: Path) -> float:
     from gantrain.checkpoint import load
-    from gantrain.generate import load_generator
+    from gantrain.models.loading import load_generator
 
     G, _ = load_generator(load(path), torch.device("cpu"))
     return sc.score(G)["classifier_fd"]
