@@ -25,6 +25,7 @@ from gantrain.metrics.backends import (
 from gantrain.metrics.cache import Cache, fingerprint
 from gantrain.metrics.names import BACKEND_OF, BACKENDS, PRDC_NAMES
 from gantrain.models import sample
+from gantrain.torch_utils import eval_mode, isolated_rng
 
 log = logging.getLogger(__name__)
 
@@ -204,21 +205,16 @@ class Evaluator:
         n = self.num_samples if n is None else n
         z_dim = net.z_dim
         z = torch.randn(offset + n, z_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED))[offset:]
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                if getattr(self, "num_classes", None):  # sample i (of all ranks) has class i % K (class_accuracy)
-                    c = (torch.arange(len(z)) + offset) % self.num_classes
-                    return torch.cat([sample(net, zb.to(self.device), c=cb.to(self.device)).float()
-                                      for zb, cb in zip(z.split(self.batch_size), c.split(self.batch_size))])
-                return torch.cat([sample(net, c.to(self.device)).float() for c in z.split(self.batch_size)])
-        finally:
-            net.train(was_training)
+        with torch.no_grad(), eval_mode(net), isolated_rng(self.device):
+            if getattr(self, "num_classes", None):  # sample i (of all ranks) has class i % K (class_accuracy)
+                c = (torch.arange(len(z)) + offset) % self.num_classes
+                return torch.cat([sample(net, zb.to(self.device), c=cb.to(self.device)).float()
+                                  for zb, cb in zip(z.split(self.batch_size), c.split(self.batch_size))])
+            return torch.cat([sample(net, c.to(self.device)).float() for c in z.split(self.batch_size)])
 
     # ---- stage 2: per-sample features (per rank)
     def features(self, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with isolated_rng(self.device):
             out: dict[str, torch.Tensor] = {}
             for name, backend in self.backends.items():  # PRDC reuses its feature space's features when computed
                 source = getattr(backend, "source", None)
@@ -281,7 +277,7 @@ def build_evaluator(mcfg, data, cfg_data, device: torch.device, schedule: bool =
     if mcfg is None or not mcfg.get("enabled", True):
         return None
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with isolated_rng(device):
         evaluator = Evaluator(mcfg, data, cfg_data, device)
     if schedule:
         log.info("metrics: %s every %d steps on %d samples (primary: %s)", ", ".join(evaluator.names) or "none",

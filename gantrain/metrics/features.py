@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gantrain.torch_utils import isolated_rng, to_uint8
+
 log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = 2      # part of the cached classifier's name: bump when Classifier or its training changes
@@ -42,7 +44,7 @@ def say_unavailable(e: MetricUnavailable, message: str, *args) -> None:
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] images (N, C, H, W) -> uint8 (N, 3, H, W), greyscale repeated to three channels."""
-    x = ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    x = to_uint8(images)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
 
 
@@ -172,7 +174,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, tes
     """Adam for ``steps`` steps (at most ``max_epochs`` epochs) on (x, y); deterministic (own generator)."""
     num_classes = int(max(int(y.max()), int(test_y.max() if test_y.numel() else 0)) + 1)
     g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with isolated_rng(device):
         torch.manual_seed(0)
         net = Classifier(x.shape[1], num_classes).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
