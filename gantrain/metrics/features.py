@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gantrain.torch_utils import isolated_rng, to_uint8
+from gantrain.torch_utils import from_uint8, isolated_rng, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,6 @@ def load_labelled(cfg_data, name: str, resolution: int):
     """MNIST-like train and test images (float [-1, 1], (N, 1, R, R)) and labels, read (and checked) by the
     data stage's loader."""
     from gantrain.data.mnist import fit_resolution, load_mnist_like
-    from gantrain.torch_utils import from_uint8
 
     out = []
     for split in ("train", "test"):
