@@ -88,12 +88,11 @@ def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool,
 
 
 def _plot_curves(batches: Iterator[torch.Tensor], n: int, path: Path) -> None:
-    import matplotlib
+    """All curves in one plot (a matplotlib Figure not registered with pyplot: no global backend switch)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
     lw, alpha = (1.0, 0.8) if n <= 64 else (0.5, max(0.05, min(0.8, 40 / n)))
     for b in batches:
         y = b.numpy()
@@ -103,7 +102,6 @@ def _plot_curves(batches: Iterator[torch.Tensor], n: int, path: Path) -> None:
     ax.set_ylim(-1.5, 1.5)
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def _tile(batches: Iterator[torch.Tensor], n: int, nrow: int) -> np.ndarray:
