@@ -450,8 +450,13 @@ def test_long_run_memory_and_event_file_stay_flat(tmp_path, monkeypatch):
     # the largest rise (a fall is memory given back, e.g. an earlier test's garbage collected late)
     rise = max(r - min(after_warmup[:i + 1]) for i, r in enumerate(after_warmup))
     assert rise < 12 * 2**20, f"host memory grew over {steps} steps"
-    stretch = [r for s, r in rss.items() if 2000 < s < 2500]
-    assert max(stretch) - stretch[0] < 2**20, "host memory grows step by step"
+    # a leak raises RSS at most log points (a few hundred bytes a step fill a page every few points); the
+    # allocator's own growth is a rare one-off jump (seen: one of 1.4 MiB on an AMD EPYC): over the last
+    # 1000 steps, rises at no more than a quarter of the points and < 4 MiB in all
+    stretch = [r for s, r in rss.items() if s > steps - 1000]
+    rises = sum(b > a for a, b in itertools.pairwise(stretch))
+    assert rises <= len(stretch) // 4 and max(stretch) - stretch[0] < 4 * 2**20, \
+        f"host memory grows step by step: {rises} rises in {len(stretch)} log points"
     # the event file: the same bytes for every scalar log point (a sample grid adds a fixed amount more)
     sizes = [b for _, _, b in samples]
     deltas = [b - a for (s, _, a), (_, _, b) in itertools.pairwise(samples) if s % 500]

@@ -49,7 +49,9 @@ def test_matches_the_reference_implementation_and_chunking_changes_nothing():
     assert 0 < ours["precision"] < 1 and 0 < ours["recall"] < 1
     # distances in chunks of 7 rows-worth: the same values
     assert prdc(real, fake, k=3, chunk_elems=7 * 120) == ours
-    assert torch.equal(knn_radii(real, 3, chunk_elems=5 * 120), knn_radii(real, 3))
+    # cdist's matrix-product path may round a row differently with another number of rows (BLAS blocking
+    # differs by CPU): the radii agree to the last few bits, not bit for bit
+    torch.testing.assert_close(knn_radii(real, 3, chunk_elems=5 * 120), knn_radii(real, 3), rtol=0, atol=1e-12)
 
 
 def test_inception_score_matches_torchmetrics():
