@@ -121,7 +121,8 @@ class EMA:
     """Generator EMA (torch.optim.swa_utils.AveragedModel) with a half-life in images and a ramp-up.
 
     As in stylegan2-ada, the half-life is ``ema_kimg`` thousand images, but at most ``rampup`` times the
-    images seen so far, so short runs are not dominated by the random initialisation. Buffers (BatchNorm
+    images seen so far (``model.ema_rampup``, default 0.05; null or 0: no ramp-up), so short runs are not
+    dominated by the random initialisation. Buffers (BatchNorm
     running statistics, StyleGAN's w_avg) are copied from G, not averaged: they are running averages already.
     With ``bn="recompute"`` the BatchNorm statistics of the averaged weights are recomputed from their own
     activations (fixed latents, :func:`gantrain.models.recompute_batchnorm`) whenever the EMA generator is
@@ -247,7 +248,8 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = distributed.prepare_models(G, D, cfg.trainer.sync_batchnorm, device)  # rank 0's weights everywhere
-    ema = EMA(G, cfg.model.ema_kimg, bn=cfg.model.get("ema_bn", "copy")) if cfg.model.get("ema_kimg") else None
+    ema = EMA(G, cfg.model.ema_kimg, rampup=cfg.model.get("ema_rampup", 0.05), bn=cfg.model.get("ema_bn", "copy")) \
+        if cfg.model.get("ema_kimg") else None
     # G_run/D_run: the plain networks; G_learn/D_learn: the ones trained (DDP wrappers with several ranks)
     G_run, D_run, G_learn, D_learn = distributed.training_views(G, D, device, cfg.trainer.compile)
 

@@ -236,3 +236,22 @@ def test_ema_with_recomputed_batchnorm_has_statistics_of_its_own_weights():
     assert torch.equal(state["module.net.1.running_mean"], bn.running_mean)
     with pytest.raises(UserError, match="model.ema_bn"):
         EMA(G, ema_kimg=10, bn="average")
+
+
+def test_ema_rampup_is_read_from_the_model_config(tmp_path, monkeypatch):
+    import gantrain.train as train_mod
+
+    seen = []
+
+    class Recording(train_mod.EMA):
+        def __init__(self, G, ema_kimg, rampup=0.05, bn="copy"):
+            seen.append(rampup)
+            super().__init__(G, ema_kimg, rampup=rampup, bn=bn)
+
+    monkeypatch.setattr(train_mod, "EMA", Recording)
+    run(tmp_path, *tiny("gan"), "data=sine", "data.size=64", "trainer.max_steps=1", "+model.ema_rampup=0.2")
+    run(tmp_path, *tiny("gan"), "data=sine", "data.size=64", "trainer.max_steps=1")
+    assert seen == [0.2, 0.05]                       # given, and the stylegan2-ada default when absent
+    ema = train_mod.EMA(torch.nn.Linear(2, 2), ema_kimg=10, rampup=None)
+    ema.update(torch.nn.Linear(2, 2), images_seen=64, batch=64)
+    assert ema.beta == pytest.approx(0.5 ** (64 / 10_000))  # null: no ramp-up, the half-life from the start
