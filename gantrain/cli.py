@@ -61,14 +61,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from gantrain import distributed  # torch is imported only when a job really runs
+    from gantrain.distributed import env, launch  # torch is imported only when a job really runs
     from gantrain.errors import Interrupted
     from gantrain.train import train
 
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     in_sweep = hc.mode == RunMode.MULTIRUN
-    first_rank = distributed.env_rank() == 0  # ranks > 0 of torchrun/SLURM have no run directory of their own
+    first_rank = env.env_rank() == 0  # ranks > 0 of torchrun/SLURM have no run directory of their own
     if in_sweep:
         _sweep.setdefault("finished", 0)
         _sweep["dir"] = str(hc.sweep.dir)
@@ -77,7 +77,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         check_writable(out_dir)
         with logging_redirect_tqdm():  # log lines print above the progress bars (data decoding, the loop)
-            result = distributed.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
+            result = launch.run(train, cfg, out_dir)  # one process, or trainer.devices / torchrun / SLURM ranks
     except UserError as e:
         log.error("%s", e)
         if first_rank:
@@ -148,7 +148,7 @@ def main() -> None:
     else:
         sys.argv = [sys.argv[0], *_start.argv]
     if "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ:  # a rank of torchrun / srun
-        from gantrain.distributed import env_rank, worker_overrides
+        from gantrain.distributed.env import env_rank, worker_overrides
 
         try:
             sys.argv += worker_overrides(sys.argv[1:])  # ranks > 0: no run directory, no .hydra/, no log file

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from gantrain import distributed
+from gantrain.distributed.collectives import all_reduce_mean
 
 
 class PathLength:
@@ -43,7 +43,7 @@ class PathLength:
             noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
             (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.square().sum(2).mean(1).sqrt()
-        batch_mean = distributed.all_reduce_mean(lengths.mean().detach())
+        batch_mean = all_reduce_mean(lengths.mean().detach())
         self.mean = self.mean.lerp(batch_mean, self.decay)
         return (lengths - self.mean).square().mean() * (self.weight * self.interval)
 

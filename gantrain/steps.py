@@ -51,7 +51,7 @@ class Trainee:
     """What the two steps act on: ``D`` the raw discriminator (R1's double backward, freezing);
     ``G_run``/``D_run`` the plain networks for forward passes (compiled with trainer.compile);
     ``G_learn``/``D_learn`` the ones whose gradients are averaged across ranks (DDP wrappers, or the same
-    modules with one process). See ``distributed.training_views``."""
+    modules with one process). See ``gantrain.distributed.ddp.training_views``."""
 
     D: nn.Module
     G_run: nn.Module

@@ -27,11 +27,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gantrain import checkpoint, classes, distributed, finetune, rundir, runs, threads
+from gantrain import checkpoint, classes, finetune, rundir, runs, threads
 from gantrain.augment import build_augment
 from gantrain.best import Best
 from gantrain.config import validate
 from gantrain.data import build_dataset
+from gantrain.distributed import collectives, ddp, evaluation
 from gantrain.early_stop import EarlyStop
 from gantrain.errors import Interrupted, UserError
 from gantrain.health import build_health
@@ -107,7 +108,7 @@ def build_trainee(cfg: DictConfig, G: torch.nn.Module, D: torch.nn.Module, views
     amp_dtype = autocast_dtype(cfg.trainer.precision, device)
     fp16 = amp_dtype == torch.float16
     augment = build_augment(cfg.augment, shape=tuple(G.shape), batch=cfg.data.batch_size,
-                            world=distributed.world_size(), device=device)
+                            world=collectives.world_size(), device=device)
     return Trainee(D, *views, build_optimizer(cfg.optim.generator, "generator", G),
                    build_optimizer(cfg.optim.discriminator, "discriminator", D), GANLoss(**cfg.loss),
                    torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16),
@@ -213,14 +214,14 @@ def train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], N
     logs, grids and checkpoints start (``python -m gantrain.syncs`` uses it to place host reads).
     The main process holds ``out_dir``'s lock throughout: a second run in the same directory is refused."""
     validate(cfg)
-    with rundir.locked(out_dir, enabled=distributed.is_main()):
+    with rundir.locked(out_dir, enabled=collectives.is_main()):
         return _train(cfg, out_dir, on_phase)
 
 
 def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], None] | None) -> float:
     out_dir = Path(out_dir)
-    main_proc = distributed.is_main()
-    rank, world = distributed.rank(), distributed.world_size()
+    main_proc = collectives.is_main()
+    rank, world = collectives.rank(), collectives.world_size()
 
     # ---- setup
     device = select_device(cfg.trainer.device)
@@ -247,14 +248,14 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     channels_last = cfg.trainer.channels_last and len(shape) == 3
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    G, D = distributed.prepare_models(G, D, cfg.trainer.sync_batchnorm, device)  # rank 0's weights everywhere
+    G, D = ddp.prepare_models(G, D, cfg.trainer.sync_batchnorm, device)  # rank 0's weights everywhere
     ema = EMA(G, cfg.model.ema_kimg, rampup=cfg.model.get("ema_rampup", 0.05), bn=cfg.model.get("ema_bn", "copy")) \
         if cfg.model.get("ema_kimg") else None
     # G_run/D_run: the plain networks; G_learn/D_learn: the ones trained (DDP wrappers with several ranks)
-    G_run, D_run, G_learn, D_learn = distributed.training_views(G, D, device, cfg.trainer.compile)
+    G_run, D_run, G_learn, D_learn = ddp.training_views(G, D, device, cfg.trainer.compile)
 
     # ---- sample-quality metrics: real-data side built now, so metrics.required=true fails before training
-    evaluator = distributed.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
+    evaluator = ddp.build_everywhere(build_evaluator, cfg.metrics, data, cfg.data, device)
     early = EarlyStop.build(cfg.trainer, evaluator)  # trainer.early_stop=N (gantrain/early_stop.py)
     best = Best.build(cfg.ckpt, evaluator)  # ckpt.best=true: checkpoints/best.pt at the best metrics.primary
     if early is not None and best is None:  # early stopping keeps best.pt too
@@ -270,7 +271,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
 
     # ---- resume
     start = 0
-    resume_from = distributed.broadcast_object(_resume_path(cfg, out_dir))  # rank 0's run dir decides
+    resume_from = collectives.broadcast_object(_resume_path(cfg, out_dir))  # rank 0's run dir decides
     if resume_from is not None:
         saved = checkpoint.load(resume_from, map_location="cpu")  # load_state_dict copies onto the device
         check_resumable(saved, cfg, shape)
@@ -336,7 +337,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
     def save(step: int, periodic: bool, keep_best: bool = False) -> None:
         nonlocal last_saved, saved_step
         saved_step = step
-        rng = distributed.gather_object(checkpoint.rng_state())  # every rank's RNG streams, on rank 0
+        rng = collectives.gather_object(checkpoint.rng_state())  # every rank's RNG streams, on rank 0
         if not main_proc:
             return
         params = [(f"{name}.{n}", p) for name, net in (("G", G), ("D", D)) for n, p in net.named_parameters()]
@@ -405,7 +406,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
         tb.start()  # the event file (and HParams entry) exist once training begins, even if it fails at once
     try:
         with stop_on_signals() as stop, logging_redirect_tqdm():  # log lines print above the progress bar
-            while step < cfg.trainer.max_steps and not distributed.agree_to_stop(stop, step, cfg.log.every_n_steps):
+            while step < cfg.trainer.max_steps and not collectives.agree_to_stop(stop, step, cfg.log.every_n_steps):
                 if on_phase:
                     on_phase(step + 1, "step")
                 G.train()
@@ -439,7 +440,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                 if on_phase:
                     on_phase(step, "periodic")
                 if step % cfg.log.every_n_steps == 0 or step == cfg.trainer.max_steps:
-                    means = distributed.all_reduce_mean(acc) / acc_n
+                    means = collectives.all_reduce_mean(acc) / acc_n
                     if nets.augment is not None:  # Aug/p read with the means: one host read
                         means = torch.cat([means, nets.augment.p.view(1).to(means)])
                     values = dict(zip([*metric_tags, "Aug/p"], means.tolist()))
@@ -472,7 +473,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
                 if step % cfg.log.sample_every_n_steps == 0 or step == cfg.trainer.max_steps:
                     log_samples(step)
                 if evaluator and evaluator.due(step, cfg.trainer.max_steps):
-                    scores = distributed.evaluate(evaluator, ema.generator() if ema else G, step, tb)
+                    scores = evaluation.evaluate(evaluator, ema.generator() if ema else G, step, tb)
                     if best is not None and best.update(evaluator.primary_value, step):  # the same on every rank
                         save(step, periodic=step % cfg.ckpt.every_n_steps == 0, keep_best=True)
                         tb.scalars(best.scalars(), step)
@@ -487,7 +488,7 @@ def _train(cfg: DictConfig, out_dir: str | Path, on_phase: Callable[[int, str], 
             if saved_step != step:  # not saved at this step already (by the periodic save)
                 save(step, periodic=False)
             if evaluator and not evaluator.last and not stop:  # resumed at max_steps: evaluate once
-                distributed.evaluate(evaluator, ema.generator() if ema else G, step, tb)
+                evaluation.evaluate(evaluator, ema.generator() if ema else G, step, tb)
             if stop:
                 raise Interrupted(stop[0], last_saved if main_proc else None)
     finally:

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantrain import checkpoint, distributed
+from gantrain import checkpoint
 from gantrain.config import validate
+from gantrain.distributed import collectives, launch
+from gantrain.distributed.ddp import prepare_models, training_views
 from gantrain.errors import UserError
 from gantrain.train import train
 from tests.utils import FAST, make_cfg, tiny
@@ -28,11 +30,11 @@ def _one_step(cfg, out_dir):
     G = build_network(cfg.model.generator, "generator", shape)
     D = build_network(cfg.model.discriminator, "discriminator", shape)
     cpu = torch.device("cpu")
-    G, D = distributed.prepare_models(G, D, False, cpu)
-    G_run, D_run, G_learn, D_learn = distributed.training_views(G, D, cpu)
+    G, D = prepare_models(G, D, False, cpu)
+    G_run, D_run, G_learn, D_learn = training_views(G, D, cpu)
     g = torch.Generator().manual_seed(1)
     real, z1, z2 = (torch.randn(8, n, generator=g) for n in (shape[0], G.z_dim, G.z_dim))
-    r, w = distributed.rank(), distributed.world_size()
+    r, w = collectives.rank(), collectives.world_size()
     mine = slice(r * 8 // w, (r + 1) * 8 // w)
     off = torch.amp.GradScaler("cpu", enabled=False)
     t = Trainee(D, G_run, D_run, G_learn, D_learn, torch.optim.SGD(G.parameters(), lr=0.5),
@@ -51,7 +53,7 @@ def test_accumulated_step_equals_big_batch_step(tmp_path):
         (tmp_path / name).mkdir()
         cfg = make_cfg(*TINY_GAN, *extra)
         if name.startswith("ddp"):
-            distributed.launch(_one_step, cfg, str(tmp_path / name), 2)
+            launch.launch(_one_step, cfg, str(tmp_path / name), 2)
         else:
             _one_step(cfg, tmp_path / name)
     big = torch.load(tmp_path / "big" / "rank0.pt")

@@ -275,7 +275,7 @@ def test_class_accuracy_is_the_share_generated_in_the_asked_class(tmp_path, data
 def test_two_ranks_train_one_conditional_model(tmp_path, mnist_root):
     """Each rank draws its shard's labels with its images; the ranks end with the same G and D (embeddings
     included), R1 and the metrics (class_accuracy over both ranks' samples) on the way."""
-    from gantrain import distributed
+    from gantrain.distributed import launch
     from tests.test_distributed import _train_and_dump
 
     run_dir = tmp_path / "run"
@@ -285,7 +285,7 @@ def test_two_ranks_train_one_conditional_model(tmp_path, mnist_root):
                    "loss.r1_gamma=1", "loss.r1_interval=2", "log.every_n_steps=2", "metrics.every_n_steps=4",
                    "metrics.num_samples=30", "metrics.classifier_steps=5", f"metrics.cache_dir={tmp_path / 'mc'}",
                    "trainer.devices=2")
-    distributed.run(_train_and_dump, cfg, str(run_dir))
+    launch.run(_train_and_dump, cfg, str(run_dir))
     d0, d1 = torch.load(tmp_path / "dumps" / "rank0.pt"), torch.load(tmp_path / "dumps" / "rank1.pt")
     assert any("embed" in k for k in d0["D"])
     for net in ("G", "D"):

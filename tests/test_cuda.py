@@ -25,9 +25,10 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gantrain import checkpoint, distributed, generate
+from gantrain import checkpoint, generate
 from gantrain.config import DataConfig
 from gantrain.data import build_dataset
+from gantrain.distributed import ddp, launch
 from gantrain.metrics import build_evaluator
 from gantrain.tools import syncs
 from gantrain.train import train
@@ -189,12 +190,12 @@ def test_syncs_finds_no_wait_in_the_training_step(tmp_path, mnist_root, capsys, 
 # ---------------------------------------------------------------------------------------------- DDP
 def test_ddp_with_one_nccl_rank_trains(tmp_path):
     """A process group of one rank (NCCL on CUDA): train() wraps G and D in DistributedDataParallel, whose
-    backward runs the all-reduce, through distributed.run with trainer.devices=1."""
+    backward runs the all-reduce, through launch.run with trainer.devices=1."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     seen = {}
-    real_views = distributed.training_views
+    real_views = ddp.training_views
 
     def spy(*args, **kwargs):
         views = real_views(*args, **kwargs)
@@ -204,12 +205,12 @@ def test_ddp_with_one_nccl_rank_trains(tmp_path):
     dist.init_process_group("nccl" if ON_CUDA else "gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         assert dist.get_backend() == ("nccl" if ON_CUDA else "gloo")
-        distributed.training_views = spy
+        ddp.training_views = spy
         cfg = make_cfg(*COMMON, *tiny("gan"), "data=sine", "data.size=256", "trainer.devices=1",
                        "trainer.max_steps=4", "log.every_n_steps=2", "loss.r1_gamma=1")
-        result = distributed.run(train, cfg, str(tmp_path / "run"))
+        result = launch.run(train, cfg, str(tmp_path / "run"))
     finally:
-        distributed.training_views = real_views
+        ddp.training_views = real_views
         dist.destroy_process_group()
     assert math.isfinite(result)
     assert all(isinstance(m, DDP) for m in seen["learn"])

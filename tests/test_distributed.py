@@ -1,6 +1,6 @@
 """Several processes (gloo on the CPU): DDP correctness, rank 0 alone writing, dead ranks, launchers.
 
-The multi-process tests start real ranks: through :func:`gantrain.distributed.launch` (what
+The multi-process tests start real ranks: through :func:`gantrain.distributed.launch.launch` (what
 ``trainer.devices=N`` does), through ``torchrun`` and through the CLI.
 """
 
@@ -18,7 +18,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gantrain import checkpoint, distributed
+from gantrain import checkpoint
+from gantrain.distributed import collectives, ddp, launch
+from gantrain.distributed.env import expand_nodelist, slurm_env, worker_overrides
 from gantrain.errors import UserError
 from tests.utils import FAST, gantrain, make_cfg, tiny
 
@@ -27,39 +29,39 @@ TINY_GAN = [*tiny("gan"), *FAST, "model.discriminator.dropout=0"]
 
 # ------------------------------------------------------------------------------ SLURM / torchrun env
 def test_slurm_nodelist_expansion():
-    assert distributed.expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
-    assert distributed.expand_nodelist("node7") == ["node7"]
-    assert distributed.expand_nodelist("a[8-10]") == ["a8", "a9", "a10"]
+    assert expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
+    assert expand_nodelist("node7") == ["node7"]
+    assert expand_nodelist("a[8-10]") == ["a8", "a9", "a10"]
 
 
 def test_slurm_task_becomes_a_rank():
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
            "SLURM_JOB_NODELIST": "gpu[12-15]", "SLURM_NTASKS_PER_NODE": "2(x4)", "SLURM_JOB_ID": "123456"}
-    mapped = distributed.slurm_env(env)
+    mapped = slurm_env(env)
     assert mapped == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                       "MASTER_ADDR": "gpu12", "MASTER_PORT": str(20000 + 123456 % 20000)}
     # submitit's tasks (SUBMITIT_EXECUTOR=slurm) are mapped too; a set MASTER_PORT wins
     sub = {**env, "SUBMITIT_EXECUTOR": "slurm", "MASTER_PORT": "29555"}
     del sub["SLURM_STEP_ID"]
-    assert distributed.slurm_env(sub)["MASTER_PORT"] == "29555"
+    assert slurm_env(sub)["MASTER_PORT"] == "29555"
     # not a rank: the batch script itself, a one-task step, torchrun inside the allocation, opted out
-    assert distributed.slurm_env({k: v for k, v in env.items() if k != "SLURM_STEP_ID"}) == {}
-    assert distributed.slurm_env({**env, "SLURM_NTASKS": "1"}) == {}
-    assert distributed.slurm_env({**env, "RANK": "0"}) == {}
-    assert distributed.slurm_env({**env, "GANTRAIN_SLURM_DDP": "0"}) == {}
+    assert slurm_env({k: v for k, v in env.items() if k != "SLURM_STEP_ID"}) == {}
+    assert slurm_env({**env, "SLURM_NTASKS": "1"}) == {}
+    assert slurm_env({**env, "RANK": "0"}) == {}
+    assert slurm_env({**env, "GANTRAIN_SLURM_DDP": "0"}) == {}
 
 
 def test_torchrun_rank_overrides(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    over = distributed.worker_overrides(["model=gan"])
+    over = worker_overrides(["model=gan"])
     assert "hydra.output_subdir=null" in over and "hydra.run.dir=." in over and "hydra/job_logging=none" in over
     monkeypatch.setenv("RANK", "0")
-    assert distributed.worker_overrides(["model=gan"]) == []
+    assert worker_overrides(["model=gan"]) == []
     with pytest.raises(UserError, match="multirun"):
-        distributed.worker_overrides(["-m", "seed=1,2"])
+        worker_overrides(["-m", "seed=1,2"])
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert distributed.worker_overrides(["model=gan"]) == []
+    assert worker_overrides(["model=gan"]) == []
 
 
 def test_devices_must_match_the_launcher(monkeypatch):
@@ -67,7 +69,7 @@ def test_devices_must_match_the_launcher(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     cfg = make_cfg(*TINY_GAN, "trainer.devices=3")
     with pytest.raises(UserError, match="trainer.devices=3"):
-        distributed.run(lambda c, o: None, cfg, "/nonexistent")
+        launch.run(lambda c, o: None, cfg, "/nonexistent")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
@@ -95,17 +97,17 @@ def _one_step(cfg, out_dir):
     from gantrain.steps import Trainee, d_step, g_step
     from gantrain.train import build_network
 
-    torch.manual_seed(100 + distributed.rank())  # different inits: prepare_models must make them rank 0's
+    torch.manual_seed(100 + collectives.rank())  # different inits: prepare_models must make them rank 0's
     shape = (cfg.data.num_points,)
     G = build_network(cfg.model.generator, "generator", shape)
     D = build_network(cfg.model.discriminator, "discriminator", shape)
     cpu = torch.device("cpu")
-    G, D = distributed.prepare_models(G, D, False, cpu)
-    G_run, D_run, G_learn, D_learn = distributed.training_views(G, D, cpu)
+    G, D = ddp.prepare_models(G, D, False, cpu)
+    G_run, D_run, G_learn, D_learn = ddp.training_views(G, D, cpu)
     g = torch.Generator().manual_seed(1)
     real, z1, z2 = torch.randn(8, shape[0], generator=g), torch.randn(8, G.z_dim, generator=g), torch.randn(
         8, G.z_dim, generator=g)
-    r, w = distributed.rank(), distributed.world_size()
+    r, w = collectives.rank(), collectives.world_size()
     mine = slice(r * 8 // w, (r + 1) * 8 // w)
     # the training loop's own steps (gantrain/steps.py), with SGD so that a wrong gradient scale would show
     off = torch.amp.GradScaler("cpu", enabled=False)
@@ -126,7 +128,7 @@ def test_ddp_step_equals_big_batch_step(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     _one_step(cfg, tmp_path / "one")
-    distributed.launch(_one_step, cfg, str(tmp_path / "two"), 2)
+    launch.launch(_one_step, cfg, str(tmp_path / "two"), 2)
     one = torch.load(tmp_path / "one" / "rank0.pt")
     r0, r1 = torch.load(tmp_path / "two" / "rank0.pt"), torch.load(tmp_path / "two" / "rank1.pt")
     for net in ("G", "D"):
@@ -142,17 +144,17 @@ def _train_and_dump(cfg, out_dir):
     from gantrain import train as train_mod
 
     captured = {}
-    real = train_mod.distributed.training_views
+    real = ddp.training_views
 
     def spy(G, D, *args, **kwargs):
         captured.update(G=G, D=D)
         return real(G, D, *args, **kwargs)
 
-    train_mod.distributed.training_views = spy
+    ddp.training_views = spy
     result = train_mod.train(cfg, out_dir)
     dumps = Path(out_dir).parent / "dumps"
     dumps.mkdir(exist_ok=True)
-    torch.save({k: v.state_dict() for k, v in captured.items()}, dumps / f"rank{distributed.rank()}.pt")
+    torch.save({k: v.state_dict() for k, v in captured.items()}, dumps / f"rank{collectives.rank()}.pt")
     return result
 
 
@@ -164,7 +166,7 @@ def test_two_ranks_train_one_model(tmp_path):
     cfg = make_cfg(*TINY_GAN, "trainer.max_steps=12", "data.batch_size=16", "data.size=512", "loss.r1_gamma=1",
                    "loss.r1_interval=3", "trainer.d_steps=2", "log.every_n_steps=4", "ckpt.every_n_steps=6",
                    "metrics.every_n_steps=6", "metrics.num_samples=50", "trainer.devices=2")
-    result = distributed.run(_train_and_dump, cfg, str(run))
+    result = launch.run(_train_and_dump, cfg, str(run))
     assert isinstance(result, float)
     d0, d1 = torch.load(tmp_path / "dumps" / "rank0.pt"), torch.load(tmp_path / "dumps" / "rank1.pt")
     for net in ("G", "D"):
@@ -197,9 +199,9 @@ def test_two_ranks_of_b_end_close_to_one_process_of_2b(tmp_path):
     bit-identical; measured differences are in docs/BENCHMARKS.md, Scaling)."""
     common = [*tiny("gan"), *FAST, "trainer.max_steps=200", "log.every_n_steps=50", "metrics.every_n_steps=200",
               "metrics.num_samples=1024", "ckpt.every_n_steps=1000"]
-    one = distributed.run(_train_and_dump, make_cfg(*common, "data.batch_size=64"), str(tmp_path / "one" / "run"))
+    one = launch.run(_train_and_dump, make_cfg(*common, "data.batch_size=64"), str(tmp_path / "one" / "run"))
     (tmp_path / "two" / "run").mkdir(parents=True)
-    two = distributed.run(_train_and_dump, make_cfg(*common, "data.batch_size=32", "trainer.devices=2"),
+    two = launch.run(_train_and_dump, make_cfg(*common, "data.batch_size=32", "trainer.devices=2"),
                           str(tmp_path / "two" / "run"))
     untrained = 1.0  # sine_ks of the initial generator is ~1 (its curves are nearly flat)
     assert one < 0.9 and two < 0.9, (one, two)  # both learnt something
@@ -208,9 +210,9 @@ def test_two_ranks_of_b_end_close_to_one_process_of_2b(tmp_path):
 
 
 def test_sync_batchnorm_refused_on_cpu(monkeypatch):
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
     with pytest.raises(UserError, match="sync_batchnorm"):
-        distributed.prepare_models(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3), True, torch.device("cpu"))
+        ddp.prepare_models(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3), True, torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------ through the CLI

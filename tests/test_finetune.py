@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from gantrain import checkpoint, distributed
+from gantrain import checkpoint
+from gantrain.distributed import launch
 from gantrain.errors import UserError
 from gantrain.finetune import d_blocks
 from gantrain.train import build_network
@@ -114,7 +115,7 @@ def test_fine_tune_with_freeze_d_on_two_ranks(tmp_path, pretrained):
     run_dir.mkdir(parents=True)
     cfg = make_cfg(*tiny("gan"), *FAST, "data=sine", "data.size=256", "data.batch_size=8", "trainer.max_steps=3",
                    f"init_from={pretrained}", "model.freeze_d=1", "trainer.devices=2")
-    distributed.run(_train_and_dump, cfg, str(run_dir))
+    launch.run(_train_and_dump, cfg, str(run_dir))
     d0, d1 = (torch.load(tmp_path / "ddp" / "dumps" / f"rank{r}.pt") for r in (0, 1))
     src = checkpoint.load(pretrained)
     for k in d0["D"]:

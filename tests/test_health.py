@@ -8,7 +8,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gantrain import checkpoint, distributed
+from gantrain import checkpoint
+from gantrain.distributed import ddp
 from gantrain.train import train
 from tests.utils import FAST, make_cfg, tiny
 
@@ -50,13 +51,13 @@ def test_a_collapsed_generator_warns_and_names_the_last_healthy_checkpoint(tmp_p
     the newest checkpoint at or before the last healthy log step (130): step_0000120.pt."""
     caplog.set_level(logging.WARNING)
     captured = {}
-    real = distributed.training_views
+    real = ddp.training_views
 
     def spy(G, D, *args, **kwargs):
         captured["G"] = G
         return real(G, D, *args, **kwargs)
 
-    monkeypatch.setattr(distributed, "training_views", spy)
+    monkeypatch.setattr(ddp, "training_views", spy)
 
     def on_phase(step, phase):
         if phase == "step" and step > 125:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantrain import checkpoint, distributed
+from gantrain import checkpoint
+from gantrain.distributed import collectives, launch
 from gantrain.errors import UserError
 from gantrain.losses import GANLoss
 from gantrain.models import dcgan, mlp
@@ -152,7 +153,7 @@ def test_two_ranks_keep_the_spectral_norm_vectors_and_the_penalised_critic_ident
     run_dir.mkdir()
     cfg = make_cfg(*FAST, *GAN_SINE, SN, *WGAN_GP, "model.discriminator.dropout=0", "trainer.max_steps=6",
                    "data.batch_size=16", "trainer.devices=2", "log.every_n_steps=3")
-    distributed.run(_train_and_dump, cfg, str(run_dir))
+    launch.run(_train_and_dump, cfg, str(run_dir))
     d0, d1 = torch.load(tmp_path / "dumps" / "rank0.pt"), torch.load(tmp_path / "dumps" / "rank1.pt")
     assert any(k.endswith("_u") for k in d0["D"])
     for net in ("G", "D"):
@@ -209,14 +210,14 @@ def _train_and_record_pl(cfg, out_dir):
 
     PathLength.penalty = spy
     train(cfg, out_dir)
-    torch.save(seen, Path(out_dir).parent / f"pl{distributed.rank()}.pt")
+    torch.save(seen, Path(out_dir).parent / f"pl{collectives.rank()}.pt")
 
 
 def test_two_ranks_share_the_path_length_mean(tmp_path, image_folder):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = make_cfg(*FAST, *folder(image_folder, "stylegan"), *STYLEGAN, "trainer.max_steps=3", "trainer.devices=2")
-    distributed.run(_train_and_record_pl, cfg, str(run_dir))
+    launch.run(_train_and_record_pl, cfg, str(run_dir))
     pl0, pl1 = torch.load(tmp_path / "pl0.pt"), torch.load(tmp_path / "pl1.pt")
     assert len(pl0) == 2 and pl0 == pl1  # steps 0 and 2; the same mean on both ranks
 

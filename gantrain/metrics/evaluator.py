@@ -33,7 +33,8 @@ SAMPLE_SEED = 0x3E7A1      # latents for evaluation: the same every evaluation, 
 
 
 class Shards(Protocol):
-    """The ranks of a process group as an evaluation shared by them needs them (gantrain.distributed has one)."""
+    """The ranks of a process group as an evaluation shared by them needs them
+    (gantrain.distributed.evaluation.RankShards is one)."""
 
     rank: int
     world: int

@@ -86,7 +86,7 @@ class Networks:
     ``gantrain.steps.d_step``/``g_step`` as the training loop."""
 
     def __init__(self, cfg, shape, device):
-        from gantrain.distributed import training_views
+        from gantrain.distributed.ddp import training_views
         from gantrain.train import EMA, build_trainee
 
         G = instantiate(cfg.model.generator, shape=shape).to(device)
