@@ -69,3 +69,24 @@ def test_stylegan_flops_are_counted_with_r1_at_its_share(mnist_root):
     assert every > 1.2 * plain > 0
     interval = make_cfg(*overrides).loss.r1_interval
     assert bench.measure_flops(overrides, torch.device("cpu")) == pytest.approx(plain + (every - plain) / interval)
+
+
+def test_bench_memory_reports_the_tensors_and_accumulation_lowers_them(tmp_path):
+    """Each K in a fresh process; with K=4 the tensors' peak (weights, optimisers, batch, activations) falls."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for k in (1, 4):  # the children, as main() runs them (its table is parsed from the same json)
+        out = subprocess.run([sys.executable, "-m", "gantrain.tools.bench_memory", "--case", "dcgan-mnist",
+                              "--batch", "512", "--device", "cpu", "--steps", "1", "--child", str(k)],
+                             env={**env, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"},
+                             check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    one, four = rows
+    for r in rows:
+        assert 0 < r["step_mib"] < r["tensors_mib"] < r["peak_mib"]
+    assert four["tensors_mib"] < 0.8 * one["tensors_mib"] and four["step_mib"] < 0.6 * one["step_mib"]

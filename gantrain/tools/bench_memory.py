@@ -5,9 +5,12 @@
 Each K runs in a fresh process (a process's peak cannot be reset on the CPU) that builds the case's G, D,
 loss and optimisers as the benchmark does (gantrain/tools/bench.py ``Networks``, the loop's own ``d_step`` and
 ``g_step``) and takes ``--steps`` D+G steps on a random batch. Reported per K, as the benchmark reports it:
-the peak of the process (CPU: ``ru_maxrss``, CUDA: ``max_memory_allocated``), and the step's own part of it:
-that peak minus the memory held just before the first step (weights, data, the Python runtime). On the
-CPU the child runs with a fixed malloc mmap threshold, so freed activations go back to the system.
+the peak of the process (CPU: ``ru_maxrss``, CUDA: ``max_memory_allocated``); on the CPU also the tensors'
+part of it, the analogue of CUDA's ``max_memory_allocated``: that peak minus the memory held before the
+networks were built (the Python/torch runtime), i.e. weights, optimiser state, the batch and the step's
+activations; and the step's own part: the peak minus the memory held just before the first step (the
+runtime, weights, data). On the CPU the child runs with a fixed malloc mmap threshold, so freed
+activations go back to the system.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
                    f"trainer.device={device_name}"])
     res = cfg.data.get("resolution") or 32
     shape = (cfg.data.get("channels") or 1, res, res)
+    runtime = _rss_mib()  # the Python/torch runtime, before any of the case's tensors exist
     torch.manual_seed(0)
     nets = Networks(cfg, shape, device)
     real = torch.rand(batch, *shape, device=device) * 2 - 1
@@ -56,10 +60,12 @@ def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) / 2**20
+        tensors = peak  # CUDA counts tensors only
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tensors = peak - runtime
     return {"case": case, "accumulate": k, "batch": batch, "device": str(device), "peak_mib": peak,
-            "before_mib": before, "step_mib": peak - before}
+            "tensors_mib": tensors, "before_mib": before, "step_mib": peak - before}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,11 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{r['case']} batch {r['batch']} accumulate {k} on {r['device']}: peak {r['peak_mib']:.0f} MiB, "
-              f"of which the step {r['step_mib']:.0f} MiB", flush=True)
+              f"of which tensors {r['tensors_mib']:.0f} MiB, the step {r['step_mib']:.0f} MiB", flush=True)
     base = rows[0]
     for r in rows[1:]:
         print(f"accumulate {r['accumulate']} / accumulate {base['accumulate']}: peak {r['peak_mib'] / base['peak_mib']:.0%}"
-              f", step {r['step_mib'] / base['step_mib']:.0%}")
+              f", tensors {r['tensors_mib'] / base['tensors_mib']:.0%}, step {r['step_mib'] / base['step_mib']:.0%}")
 
 
 if __name__ == "__main__":
