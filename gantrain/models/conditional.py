@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gantrain.errors import UserError
 from gantrain.models import dcgan, mlp, stylegan
 from gantrain.models.layers import pixel_norm
 
@@ -52,9 +53,10 @@ def _embedding(num_classes: int, dim: int, spectral_norm: bool = False) -> nn.Mo
 # ------------------------------------------------------------------------------------ generators
 class MLPGenerator(mlp.Generator):
     def __init__(self, shape: Sequence[int], num_classes: int, z_dim: int = 64,
-                 hidden: Sequence[int] = (256, 512, 1024), embed_dim: int | None = None, smooth: float = 0.0):
+                 hidden: Sequence[int] = (256, 512, 1024), embed_dim: int | None = None, smooth: float = 0.0,
+                 batch_norm: bool = False):
         e = int(embed_dim or min(z_dim, 64))
-        super().__init__(shape, z_dim=z_dim + e, hidden=hidden, smooth=smooth)
+        super().__init__(shape, z_dim=z_dim + e, hidden=hidden, smooth=smooth, batch_norm=batch_norm)
         self.z_dim, self.num_classes = z_dim, int(num_classes)
         self.embed = nn.Embedding(self.num_classes, e)
 
@@ -159,13 +161,12 @@ class _Projection:
 
 class MLPDiscriminator(_Projection, mlp.Discriminator):
     def __init__(self, shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (1024, 512, 256),
-                 dropout: float = 0.3, spectral_norm: bool = False):
-        super().__init__(shape, hidden=hidden, dropout=dropout, spectral_norm=spectral_norm)
+                 dropout: float = 0.3, spectral_norm: bool = False, mbstd: int = 0, pack: int = 1):
+        if int(pack) != 1:
+            raise UserError(f"model.discriminator.pack={pack} (PacGAN) scores several samples at once, which a "
+                            "class-conditional D cannot: leave pack=1 with model.conditional=true.")
+        super().__init__(shape, hidden=hidden, dropout=dropout, spectral_norm=spectral_norm, mbstd=mbstd)
         self._init_projection(num_classes, self.net[-1].in_features, spectral_norm)
-
-    def features_and_head(self, x):
-        h = self.net[:-1](x)
-        return h, self.net[-1](h).view(-1)
 
 
 class DCGANDiscriminator(_Projection, dcgan.Discriminator):
