@@ -1,4 +1,4 @@
-"""``gantrain``: Hydra turns the command line into a config; :func:`gantrain.train.train` does the rest."""
+"""``gantrain``: Hydra turns the command line into a config; :func:`gantrain.training.loop.train` does the rest."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     from gantrain.distributed import env, launch  # torch is imported only when a job really runs
     from gantrain.errors import Interrupted
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir

@@ -81,7 +81,7 @@ class LogConfig:
 class CkptConfig:
     every_n_steps: int = 1000
     keep: int = 3
-    best: bool = False                  # true: checkpoints/best.pt at the best metrics.primary (gantrain/best.py)
+    best: bool = False                  # true: checkpoints/best.pt at the best metrics.primary (gantrain/training/best.py)
 
 
 @dataclass
@@ -117,7 +117,7 @@ class AugmentConfig:
 
 @dataclass
 class HealthConfig:
-    """Health signals and warnings (gantrain/health.py, conf/health/default.yaml)."""
+    """Health signals and warnings (gantrain/training/health.py, conf/health/default.yaml)."""
     enabled: bool = True
     patience: int = 5                   # D has won: log steps in a row with D/fake below d_fake_below, Loss/G rising
     d_fake_below: float = 0.05
@@ -141,7 +141,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     seed: int = 0
     resume: str | None = None
-    init_from: str | None = None   # fine-tuning: G, D, EMA weights of this checkpoint (gantrain/finetune.py)
+    init_from: str | None = None   # fine-tuning: G, D, EMA weights of this checkpoint (gantrain/training/finetune.py)
 
 
 def register() -> None:

@@ -1,5 +1,5 @@
 """Ctrl-C outside the training loop (while importing torch, decoding a folder, in gantrain-generate): exit 130
-with one line instead of a ``KeyboardInterrupt`` traceback (the loop itself saves and stops: train.py)."""
+with one line instead of a ``KeyboardInterrupt`` traceback (the loop itself saves and stops: training/stopping.py)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 RUNS = {   # gan on sine curves (no EMA), dcgan 16x16 RGB (EMA), stylegan 32x32 greyscale (EMA by default)

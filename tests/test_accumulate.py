@@ -12,7 +12,7 @@ from gantrain.config import validate
 from gantrain.distributed import collectives, launch
 from gantrain.distributed.ddp import prepare_models, training_views
 from gantrain.errors import UserError
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 TINY_GAN = [*tiny("gan"), *FAST, "model.discriminator.dropout=0"]
@@ -22,8 +22,8 @@ def _one_step(cfg, out_dir):
     """One D step (R1 due) and one G step, SGD, on this rank's part of fixed batches of 8, accumulated as
     ``trainer.accumulate`` says; saves the weights."""
     from gantrain.losses import GANLoss
-    from gantrain.steps import Trainee, d_step, g_step
-    from gantrain.train import build_network
+    from gantrain.training.build import build_network
+    from gantrain.training.steps import StepContext, d_step, g_step
 
     torch.manual_seed(0)
     shape = (cfg.data.num_points,)
@@ -37,9 +37,10 @@ def _one_step(cfg, out_dir):
     r, w = collectives.rank(), collectives.world_size()
     mine = slice(r * 8 // w, (r + 1) * 8 // w)
     off = torch.amp.GradScaler("cpu", enabled=False)
-    t = Trainee(D, G_run, D_run, G_learn, D_learn, torch.optim.SGD(G.parameters(), lr=0.5),
-                torch.optim.SGD(D.parameters(), lr=0.5), GANLoss(r1_gamma=10.0, r1_interval=1), off, off,
-                accumulate=cfg.trainer.accumulate)
+    t = StepContext(D=D, G_run=G_run, D_run=D_run, G_learn=G_learn, D_learn=D_learn,
+                    opt_G=torch.optim.SGD(G.parameters(), lr=0.5), opt_D=torch.optim.SGD(D.parameters(), lr=0.5),
+                    loss=GANLoss(r1_gamma=10.0, r1_interval=1), scaler_G=off, scaler_D=off,
+                    accumulate=cfg.trainer.accumulate)
     loss_D, d_real, d_fake = d_step(t, real[mine], z1[mine], d_index=0)
     loss_G = g_step(t, z2[mine])
     torch.save({"G": G.state_dict(), "D": D.state_dict(), "loss_D": loss_D, "loss_G": loss_G,

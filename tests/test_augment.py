@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from gantrain.augment import ADA_OPS, Augment, build_augment
 from gantrain.config import AugmentConfig
 from gantrain.errors import UserError
-from gantrain.train import train
+from gantrain.training.loop import train
 
 from .test_checkpoint import scalar_steps
 from .utils import FAST, make_cfg, tiny

@@ -13,7 +13,7 @@ from gantrain.augment import ADA_OPS, Augment
 from gantrain.data import build_dataset
 from gantrain.data.base import TensorDataset
 from gantrain.models.loading import load_generator
-from gantrain.train import train
+from gantrain.training.loop import train
 
 from .utils import FAST, make_cfg, tiny
 

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gantrain import checkpoint
 from gantrain.errors import UserError
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, gantrain, make_cfg, tiny
 
 GAN_SINE = [*tiny("gan"), "data=sine", "data.size=256", "metrics=off"]
@@ -278,7 +278,7 @@ def test_signal_saves_closes_tensorboard_and_exits_nonzero(tmp_path, sig):
 ZYGOTE = textwrap.dedent("""
     import os, sys
     from tests.utils import FAST, make_cfg
-    from gantrain.train import train
+    from gantrain.training.loop import train
     cfg = make_cfg(*FAST, *sys.argv[2:])
     run_dir = sys.argv[1]
     print("ready", flush=True)
@@ -367,7 +367,7 @@ def test_kill_9_at_many_moments_never_leaves_a_bad_last_pt(tmp_path):
 def test_an_optimiser_resumes_with_this_runs_implementation():
     """A checkpoint of a non-fused optimiser (a CPU run) loaded into a fused one (a CUDA run) stays fused; the
     saved groups alone would switch it back while fp16's GradScaler still treats it as fused."""
-    from gantrain.train import load_optimizer
+    from gantrain.training.state import load_optimizer
 
     net = torch.nn.Linear(3, 2)
     plain = torch.optim.Adam(net.parameters(), lr=0.1)

@@ -98,7 +98,7 @@ PRESETS = {  # experiment: (model, data, steps, what the preset sets beyond the 
 def test_experiment_presets_compose_and_train_with_overrides_winning(tmp_path, mnist_root, celeba_root, name):
     from omegaconf import OmegaConf
 
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     model, data, steps, settings = PRESETS[name]
     cfg = make_cfg(f"experiment={name}")
@@ -145,7 +145,7 @@ def test_resume_auto_alone_continues_the_run_as_it_was_started_and_keeps_its_rec
 
 def test_resume_from_a_path_and_cfg_job_compose_with_the_runs_record(tmp_path):
     from gantrain import checkpoint, runs
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     train(make_cfg(*FAST, *STARTED), tmp_path / "first")  # no .hydra/: the checkpoint says how it was started
     ckpt = tmp_path / "first" / "checkpoints" / "step_0000003.pt"
@@ -182,7 +182,7 @@ def test_log_lines_print_above_the_progress_bar(tmp_path):
     import logging
     import sys
 
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     seen = []
     console = logging.StreamHandler(sys.stdout)
@@ -221,7 +221,7 @@ def test_gantrain_eval_does_not_describe_a_training_schedule(tmp_path, caplog):
     import logging
 
     from gantrain import evaluate
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     train(make_cfg(*tiny("gan"), "trainer.device=cpu", "log.progress_bar=false", "metrics=off", "data.size=256",
                    "trainer.max_steps=1"), tmp_path / "run")

@@ -31,7 +31,7 @@ from gantrain.data import build_dataset
 from gantrain.distributed import ddp, launch
 from gantrain.metrics import build_evaluator
 from gantrain.tools import syncs
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.conftest import write_idx
 from tests.test_metrics import collapsed, digits, mcfg
 from tests.utils import ROOT, make_cfg, tiny

@@ -94,8 +94,8 @@ def test_slurm_launcher_config_composes():
 def _one_step(cfg, out_dir):
     """One D step (with R1) and one G step, SGD, on this rank's half of fixed batches; saves the weights."""
     from gantrain.losses import GANLoss
-    from gantrain.steps import Trainee, d_step, g_step
-    from gantrain.train import build_network
+    from gantrain.training.build import build_network
+    from gantrain.training.steps import StepContext, d_step, g_step
 
     torch.manual_seed(100 + collectives.rank())  # different inits: prepare_models must make them rank 0's
     shape = (cfg.data.num_points,)
@@ -109,10 +109,11 @@ def _one_step(cfg, out_dir):
         8, G.z_dim, generator=g)
     r, w = collectives.rank(), collectives.world_size()
     mine = slice(r * 8 // w, (r + 1) * 8 // w)
-    # the training loop's own steps (gantrain/steps.py), with SGD so that a wrong gradient scale would show
+    # the training loop's own steps (gantrain/training/steps.py), with SGD so that a wrong gradient scale would show
     off = torch.amp.GradScaler("cpu", enabled=False)
-    t = Trainee(D, G_run, D_run, G_learn, D_learn, torch.optim.SGD(G.parameters(), lr=0.5),
-                torch.optim.SGD(D.parameters(), lr=0.5), GANLoss(r1_gamma=10.0, r1_interval=1), off, off)
+    t = StepContext(D=D, G_run=G_run, D_run=D_run, G_learn=G_learn, D_learn=D_learn,
+                    opt_G=torch.optim.SGD(G.parameters(), lr=0.5), opt_D=torch.optim.SGD(D.parameters(), lr=0.5),
+                    loss=GANLoss(r1_gamma=10.0, r1_interval=1), scaler_G=off, scaler_D=off)
     d_step(t, real[mine], z1[mine], d_index=0)  # R1 due
     loss_G = g_step(t, z2[mine])
     # the G step must leave D's gradients as the D step left them (D frozen: nothing new accumulated)
@@ -141,7 +142,7 @@ def test_ddp_step_equals_big_batch_step(tmp_path):
 # ----------------------------------------------------------------------- the training loop, 2 ranks
 def _train_and_dump(cfg, out_dir):
     """train() on this rank, then this rank's final G and D into <out_dir>/../dumps (outside the run dir)."""
-    from gantrain import train as train_mod
+    from gantrain.training.loop import train
 
     captured = {}
     real = ddp.training_views
@@ -151,7 +152,7 @@ def _train_and_dump(cfg, out_dir):
         return real(G, D, *args, **kwargs)
 
     ddp.training_views = spy
-    result = train_mod.train(cfg, out_dir)
+    result = train(cfg, out_dir)
     dumps = Path(out_dir).parent / "dumps"
     dumps.mkdir(exist_ok=True)
     torch.save({k: v.state_dict() for k, v in captured.items()}, dumps / f"rank{collectives.rank()}.pt")
@@ -183,7 +184,7 @@ def test_two_ranks_train_one_model(tmp_path):
     for k in d0["G"]:
         assert torch.equal(ckpt["G"][k], d0["G"][k])
     # resume with another number of processes (one): goes on from step 12
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     cfg1 = make_cfg(*TINY_GAN, "trainer.max_steps=14", "data.batch_size=16", "data.size=512",
                     "loss.r1_gamma=1", "loss.r1_interval=3", "trainer.d_steps=2", "log.every_n_steps=4",

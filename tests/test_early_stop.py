@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from gantrain import checkpoint
-from gantrain.early_stop import EarlyStop
 from gantrain.errors import UserError
-from gantrain.train import train
+from gantrain.training.loop import train
+from gantrain.training.stopping import EarlyStop
 from tests.utils import FAST, make_cfg, tiny
 
 # lr 1e-12: the weights do not move, so the metric (on fixed latents) never improves after the first evaluation

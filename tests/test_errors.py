@@ -25,7 +25,8 @@ from gantrain import checkpoint
 from gantrain.errors import UserError
 from gantrain.losses import GANLoss
 from gantrain.summaries import Summaries
-from gantrain.train import train, update_counting_skips
+from gantrain.training.loop import train
+from gantrain.training.steps import update_counting_skips
 from tests.utils import FAST, gantrain, make_cfg, tiny
 
 QUICK = [*FAST, "metrics.enabled=false", "data.batch_size=8"]

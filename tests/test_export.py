@@ -144,7 +144,7 @@ def test_missing_extra_names_it(ckpts, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("model", ["gan", "dcgan"])
 def test_a_conditional_generator_exports_with_a_class_input(tmp_path, mnist_root, model):
     """model.conditional=true: the file takes (z, class) and matches G(z, c) in onnxruntime and as a .pt2."""
-    from gantrain.train import train
+    from gantrain.training.loop import train
     from tests.utils import FAST, make_cfg, tiny
 
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ import torch
 
 from gantrain import checkpoint, files
 from gantrain.errors import UserError
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.test_errors import error_sentence
 from tests.utils import FAST, gantrain, make_cfg
 

@@ -11,8 +11,8 @@ import torch
 from gantrain import checkpoint
 from gantrain.distributed import launch
 from gantrain.errors import UserError
-from gantrain.finetune import d_blocks
-from gantrain.train import build_network
+from gantrain.training.build import build_network
+from gantrain.training.finetune import d_blocks
 
 from .test_checkpoint import GAN_SINE, run
 from .test_distributed import _train_and_dump

@@ -14,7 +14,7 @@ from PIL import Image
 
 from gantrain import checkpoint, generate, sampling
 from gantrain.models.loading import ema_to_plain
-from gantrain.train import train
+from gantrain.training.loop import train
 from gantrain.writers import to_uint8_hwc
 from tests.utils import FAST, gantrain, make_cfg, tiny
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gantrain import checkpoint
 from gantrain.distributed import ddp
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 TINY = [*tiny("gan"), *FAST, "model.ema_kimg=null", "data.batch_size=32", "log.every_n_steps=10",
@@ -18,7 +18,7 @@ TINY = [*tiny("gan"), *FAST, "model.ema_kimg=null", "data.batch_size=32", "log.e
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "gantrain.health" and r.levelno >= logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "gantrain.training.health" and r.levelno >= logging.WARNING]
 
 
 def test_a_discriminator_with_100x_the_learning_rate_on_a_tiny_set_has_won(tmp_path, caplog):
@@ -37,7 +37,7 @@ def test_a_discriminator_with_100x_the_learning_rate_on_a_tiny_set_has_won(tmp_p
     assert not _warnings(caplog)
     assert not [t for t in EventAccumulator(str(tmp_path / "off")).Reload().Tags()["scalars"] if "Health" in t]
     # a Wasserstein critic's outputs are not logits: its sigmoid near 0 is no sign that D has won
-    from gantrain.health import Health
+    from gantrain.training.health import Health
 
     critic = Health(make_cfg().health, torch.randn(64, 8), tmp_path, logits=False)
     for step in range(10, 100, 10):
@@ -91,7 +91,7 @@ def test_the_default_run_is_healthy(tmp_path, caplog, seed):
 def test_falling_class_coverage_is_a_collapse(tmp_path, caplog):
     """Where the evaluator computes class coverage (MNIST-like data), a fall below health.min_coverage of its
     best warns; Health/class_coverage is logged."""
-    from gantrain.health import Health
+    from gantrain.training.health import Health
 
     caplog.set_level(logging.WARNING)
     health = Health(make_cfg().health, torch.randn(64, 8), tmp_path)

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from gantrain.summaries import COMPARED, flatten, hparams_view
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 SWEPT = ["model=gan", "optim.discriminator.lr=0.0004", "+model.extra=3", "seed=2", "hydra.run.dir=x", "resume=auto"]

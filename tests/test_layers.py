@@ -2,7 +2,7 @@
 
 * no import circle among gantrain's modules (imports at module level and inside functions both count);
 * every module belongs to a layer of :data:`LAYERS` (by its package root: ``gantrain.data.mnist`` belongs to
-  ``gantrain.data``, ``gantrain.train`` to ``gantrain.train``), and imports only from its own or lower layers.
+  ``gantrain.data``, ``gantrain.training.loop`` to ``gantrain.training``), and imports only from its own or lower layers.
 
 A module whose root has no entry in LAYERS fails the test, naming it: a new module or package is placed in a
 layer on purpose. An import names its target module: ``from gantrain.data import mnist`` is
@@ -27,11 +27,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data and networks", ["gantrain.data", "gantrain.models"]),
     ("what is computed from them: metrics, losses, augmentation, samples", [
         "gantrain.classes", "gantrain.metrics", "gantrain.protocol", "gantrain.losses", "gantrain.path_length",
-        "gantrain.augment", "gantrain.health", "gantrain.generate_classes", "gantrain.sampling", "gantrain.writers",
+        "gantrain.augment", "gantrain.generate_classes", "gantrain.sampling", "gantrain.writers",
         "gantrain.media"]),
-    ("training", [
-        "gantrain.steps", "gantrain.best", "gantrain.early_stop", "gantrain.finetune", "gantrain.train",
-        "gantrain.training"]),
+    ("training", ["gantrain.training"]),
     ("entry points", [
         "gantrain.__main__", "gantrain.cli", "gantrain.cli_util", "gantrain.generate", "gantrain.evaluate",
         "gantrain.export", "gantrain.project"]),

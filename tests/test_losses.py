@@ -83,14 +83,15 @@ def test_lazy_r1_schedule():
 def test_d_step_trains_on_r1_but_reports_the_gan_loss():
     """Loss/D is the GAN loss: it does not jump on the steps lazy R1 is due, while D's update includes R1."""
     from gantrain.models.mlp import Discriminator, Generator
-    from gantrain.steps import Trainee, d_step
+    from gantrain.training.steps import StepContext, d_step
 
     def trainee(r1_gamma):
         torch.manual_seed(0)
         G, D = Generator((8,), z_dim=4, hidden=[16]), Discriminator((8,), hidden=[16], dropout=0.0)
         off = torch.amp.GradScaler("cpu", enabled=False)
-        return Trainee(D, G, D, G, D, torch.optim.SGD(G.parameters(), lr=0.1),
-                       torch.optim.SGD(D.parameters(), lr=0.1), GANLoss(r1_gamma=r1_gamma, r1_interval=1), off, off)
+        return StepContext(D=D, G_run=G, D_run=D, G_learn=G, D_learn=D, opt_G=torch.optim.SGD(G.parameters(), lr=0.1),
+                           opt_D=torch.optim.SGD(D.parameters(), lr=0.1),
+                           loss=GANLoss(r1_gamma=r1_gamma, r1_interval=1), scaler_G=off, scaler_D=off)
 
     real, z = torch.randn(6, 8), torch.randn(6, 4)
     plain, with_r1 = trainee(0.0), trainee(10.0)

@@ -13,7 +13,7 @@ from gantrain.distributed import collectives, launch
 from gantrain.errors import UserError
 from gantrain.losses import GANLoss
 from gantrain.models import dcgan, mlp
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.test_distributed import _train_and_dump
 from tests.utils import FAST, make_cfg, tiny
 
@@ -107,7 +107,7 @@ def test_gradient_penalty_of_a_linear_critic_is_lambda_times_norm_minus_one_squa
 
 def test_the_d_step_adds_the_penalty_to_the_critics_gradient():
     """With gp_weight=10 and ||w|| = 5 the penalty's gradient is 2 * 10 * (5 - 1) * w / 5 = 16 w."""
-    from gantrain.steps import Trainee, d_step
+    from gantrain.training.steps import StepContext, d_step
 
     grads = {}
     for gp in (0.0, 10.0):
@@ -118,8 +118,9 @@ def test_the_d_step_adds_the_penalty_to_the_critics_gradient():
         G = torch.nn.Linear(3, 2)
         off = torch.amp.GradScaler("cpu", enabled=False)
         opt = torch.optim.SGD(critic.parameters(), lr=0.0)
-        t = Trainee(critic, G, critic, G, critic, torch.optim.SGD(G.parameters(), lr=0.0), opt,
-                    GANLoss("wasserstein", gp_weight=gp), off, off)
+        t = StepContext(D=critic, G_run=G, D_run=critic, G_learn=G, D_learn=critic,
+                        opt_G=torch.optim.SGD(G.parameters(), lr=0.0), opt_D=opt,
+                        loss=GANLoss("wasserstein", gp_weight=gp), scaler_G=off, scaler_D=off)
         d_step(t, torch.randn(4, 2), torch.randn(4, 3), d_index=0)
         grads[gp] = critic.weight.grad.clone()
     torch.testing.assert_close(grads[10.0] - grads[0.0], 16 * torch.tensor([[3.0, 4.0]]))
@@ -257,7 +258,7 @@ def test_best_without_metrics_is_refused(tmp_path):
 
 
 def test_best_keeps_only_improvements_and_resumes_its_value():
-    from gantrain.best import Best
+    from gantrain.training.best import Best
 
     b = Best("fid")
     assert [b.update(v, s) for s, v in ((1, 5.0), (2, 6.0), (3, float("nan")), (4, 4.0), (5, None))] == \

@@ -32,7 +32,7 @@ from gantrain.metrics import (
 )
 from gantrain.metrics import features as metric_features
 from gantrain.metrics import stats as metric_stats
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.conftest import write_idx
 from tests.utils import FAST as _FAST
 from tests.utils import ROOT, gantrain, make_cfg, tiny

@@ -145,7 +145,7 @@ def test_gantrain_eval_reports_prdc_and_states_its_protocol(tmp_path, capsys):
     import json
 
     from gantrain import evaluate
-    from gantrain.train import train
+    from gantrain.training.loop import train
     from tests.utils import FAST, make_cfg, tiny
 
     train(make_cfg(*FAST, *tiny("gan"), "data.size=256", "data.batch_size=32", "trainer.max_steps=2"),

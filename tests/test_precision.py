@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from gantrain import checkpoint, runtime
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 CPU = torch.device("cpu")
@@ -48,7 +48,7 @@ def test_auto_is_logged_once_and_stored_in_the_config_and_hparams(tmp_path, capl
     value = start.session_start_info.hparams["trainer.precision"]
     assert (value.string_value or str(int(value.number_value))) == chosen
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="gantrain.train"):  # resuming with auto: nothing changed
+    with caplog.at_level(logging.WARNING, logger="gantrain.training.state"):  # resuming with auto: nothing changed
         train(make_cfg(*common, "trainer.max_steps=4", "resume=auto"), tmp_path / "run")
     assert not [r for r in caplog.records if "precision" in r.getMessage()]
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4

@@ -10,7 +10,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gantrain import checkpoint
-from gantrain.train import train
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import gantrain.train
+import gantrain.training.loop
 from gantrain.tools import syncs
 
 from .utils import FAST, tiny
@@ -45,8 +45,8 @@ def test_training_step_never_waits_for_the_device(tmp_path, mnist_root, case):
     assert {r.step for r in in_step} == set(range(1, STEPS + 1))
     assert all(r.where.startswith("torch/optim/") for r in in_step)
     # ... and the loop's reads, in the periodic part of the log steps only: one read of the accumulators
-    logs = [r for r in recorder.reads if r.phase == "periodic" and r.where.startswith("gantrain/train.py")
-            and r.where.endswith("(_train)")]  # the loop body (train() wraps _train())
+    logs = [r for r in recorder.reads if r.phase == "periodic" and r.where.startswith("gantrain/training/periodic.py")
+            and r.where.endswith("(log_scalars)")]  # the loop's scalars
     assert [r.step for r in logs] == [4, 8, 12]
     text, waited = syncs.report(recorder, device, STEPS)
     assert not waited and "reads that wait for the device: 0" in text
@@ -54,7 +54,7 @@ def test_training_step_never_waits_for_the_device(tmp_path, mnist_root, case):
 
 def test_a_read_in_the_training_step_is_caught(tmp_path, monkeypatch, capsys):
     """The check can fail: a .item() and an `if tensor:` slipped into the G step are found, with their line."""
-    real_g_step = gantrain.train.g_step
+    real_g_step = gantrain.training.loop.g_step
 
     def g_step_that_reads(*args, **kwargs):
         loss = real_g_step(*args, **kwargs)
@@ -62,7 +62,7 @@ def test_a_read_in_the_training_step_is_caught(tmp_path, monkeypatch, capsys):
             pass
         return loss + 0 * loss.item()
 
-    monkeypatch.setattr(gantrain.train, "g_step", g_step_that_reads)
+    monkeypatch.setattr(gantrain.training.loop, "g_step", g_step_that_reads)
     recorder, device, _ = record(tmp_path, CASES["gan-sine"])
     waits = [r for r in recorder.reads if r.phase == "step" and r.waits(device)]
     assert sorted({r.what for r in waits}) == ["bool", "item"]
@@ -122,7 +122,7 @@ def test_blocking_cuda_calls_are_counted_in_the_phase_they_fall_in():
 
 
 def test_locations_are_named_from_the_project_root_whatever_its_folder_is_called(tmp_path):
-    """`git clone URL` makes a folder named gantrain: ~/src/gantrain/gantrain/train.py is gantrain/train.py,
+    """`git clone URL` makes a folder named gantrain: ~/src/gantrain/gantrain/training/loop.py is gantrain/training/loop.py,
     torch's files are torch/..., and a file outside both keeps its full path (no cutting at "/gantrain/")."""
     import shutil
     import subprocess
@@ -134,10 +134,10 @@ def test_locations_are_named_from_the_project_root_whatever_its_folder_is_called
     elsewhere = tmp_path / "gantrain" / "notes.py"
     code = ("import sys, torch.optim; from gantrain.tools import syncs; print(syncs.__file__); "
             "print(*(syncs._short(f) for f in sys.argv[1:]))")
-    out = subprocess.run([sys.executable, "-c", code, str(clone / "gantrain" / "train.py"),
+    out = subprocess.run([sys.executable, "-c", code, str(clone / "gantrain" / "training" / "loop.py"),
                           str(clone / "tests" / "test_x.py"), str(Path(torch.optim.__file__).parent / "adam.py"), str(elsewhere)],
                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(clone)})
     assert out.returncode == 0, out.stderr[-2000:]
     module, shorts = out.stdout.splitlines()
     assert Path(module).is_relative_to(clone)  # the copy in the folder named gantrain was the one imported
-    assert shorts.split() == ["gantrain/train.py", "tests/test_x.py", "torch/optim/adam.py", elsewhere.as_posix()]
+    assert shorts.split() == ["gantrain/training/loop.py", "tests/test_x.py", "torch/optim/adam.py", elsewhere.as_posix()]

@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gantrain import checkpoint
 from gantrain.errors import UserError
 from gantrain.runtime import select_device
-from gantrain.train import build_optimizer, train
+from gantrain.training.build import build_optimizer
+from gantrain.training.loop import train
 from tests.utils import FAST, make_cfg, tiny
 
 DATA = {
@@ -183,7 +184,7 @@ def test_explicit_gpu_index_is_refused_with_several_processes(monkeypatch):
 
 def test_ema_is_a_ramped_lerp_with_copied_buffers_and_no_host_reads():
     from gantrain.tools.syncs import HostReads
-    from gantrain.train import EMA
+    from gantrain.training.steps import EMA
 
     G = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     ema = EMA(G, ema_kimg=10, rampup=0.05)
@@ -208,7 +209,7 @@ def test_ema_is_a_ramped_lerp_with_copied_buffers_and_no_host_reads():
 
 def test_ema_with_recomputed_batchnorm_has_statistics_of_its_own_weights():
     from gantrain.models import dcgan
-    from gantrain.train import EMA
+    from gantrain.training.steps import EMA
 
     torch.manual_seed(0)
     G = dcgan.Generator((1, 28, 28), z_dim=8, base_channels=4)
@@ -239,7 +240,7 @@ def test_ema_with_recomputed_batchnorm_has_statistics_of_its_own_weights():
 
 
 def test_ema_rampup_is_read_from_the_model_config(tmp_path, monkeypatch):
-    import gantrain.train as train_mod
+    import gantrain.training.build as train_mod
 
     seen = []
 

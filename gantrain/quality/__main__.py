@@ -6,7 +6,7 @@
         --variant "ema=model.ema_kimg=1" --variant "ttur=optim=ttur"     # an ablation screen
     python -m gantrain.quality --collect a.jsonl b.jsonl --write       # tables from saved results
 
-Each case trains gantrain's default configuration through ``gantrain.train.train`` on a config composed by
+Each case trains gantrain's default configuration through ``gantrain.training.loop.train`` on a config composed by
 ``gantrain.cli.compose`` (what ``gantrain OVERRIDES`` runs), and the textbook loop of gantrain.quality.textbook
 on the same data, steps and batch, for every seed; both are scored by gantrain.quality.score. The tables
 (mean ± standard deviation over seeds) go to stdout and, with ``--write``, into docs/QUALITY.md between the
@@ -95,7 +95,7 @@ def run_gantrain(case: Case, data_ovr: list[str], variant: list[str], seed: int,
     from gantrain.cli import compose
     from gantrain.models import recompute_batchnorm
     from gantrain.models.loading import load_generator
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     cfg = compose([f"model={case.model}", *data_ovr, f"data.batch_size={case.batch}", f"trainer.max_steps={steps}",
                    f"trainer.device={device}", f"seed={seed}", "metrics.enabled=false", "log.progress_bar=false",

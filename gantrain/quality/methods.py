@@ -3,7 +3,7 @@
     python -m gantrain.quality.methods --cases sine,digits1500-gan --seeds 0,1,2 --steps 1000 --write
 
 For each case of gantrain.quality (same data, batch and scorer) and each seed, three methods train through
-``gantrain.train.train`` with the same number of G steps:
+``gantrain.training.loop.train`` with the same number of G steps:
 
 * ``bce``: the case's default (non-saturating BCE, the model's default D and optimiser);
 * ``hinge+SN``: spectral normalisation in D (no BatchNorm, no dropout), hinge loss, TTUR (``optim=ttur``);

@@ -68,7 +68,7 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
 
 def train_run(overrides: list[str], out: Path) -> float:
     from gantrain.cli import compose
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     cfg = compose([*DCGAN, "data.batch_size=64", "trainer.device=cpu", "metrics.enabled=false",
                    "log.progress_bar=false", "log.sample_every_n_steps=1000000", *overrides])

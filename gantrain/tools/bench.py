@@ -83,23 +83,24 @@ def timed_steps(step_fn, device: torch.device, seconds: float, min_steps: int = 
 
 class Networks:
     """G, D, loss, optimisers and EMA built from the config as train() builds them, stepped by the same
-    ``gantrain.steps.d_step``/``g_step`` as the training loop."""
+    ``gantrain.training.steps.d_step``/``g_step`` as the training loop."""
 
     def __init__(self, cfg, shape, device):
         from gantrain.distributed.ddp import training_views
-        from gantrain.train import EMA, build_trainee
+        from gantrain.training.build import build_step_context
+        from gantrain.training.steps import EMA
 
         G = instantiate(cfg.model.generator, shape=shape).to(device)
         D = instantiate(cfg.model.discriminator, shape=shape).to(device)
         self.channels_last = bool(cfg.trainer.channels_last) and len(shape) == 3  # as train() does
         if self.channels_last:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        self.t = build_trainee(cfg, G, D, training_views(G, D, device, cfg.trainer.compile), device)
+        self.t = build_step_context(cfg, G, D, training_views(G, D, device, cfg.trainer.compile), device)
         self.G, self.device, self.z_dim, self.d_index = G, device, G.z_dim, 0
         self.ema = EMA(G, cfg.model.ema_kimg) if cfg.model.get("ema_kimg") else None
 
     def step(self, real: torch.Tensor) -> None:
-        from gantrain.steps import d_step, g_step
+        from gantrain.training.steps import d_step, g_step
 
         n = real.shape[0]
         if self.channels_last:
@@ -117,7 +118,7 @@ def measure_loop(overrides: list[str], out: Path, steps: int) -> float:
     an interval are in its time; setup (data, models) is not."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     cfg = compose([*overrides, f"trainer.max_steps={steps}", "log.progress_bar=true"])
     shutil.rmtree(out, ignore_errors=True)

@@ -74,7 +74,7 @@ _LIBRARIES = Path(torch.__file__).resolve().parent.parent  # the folder holding 
 
 @functools.cache
 def _short(filename: str) -> str:
-    """A location named from the project's root (``gantrain/train.py``, ``tests/...``) or from the libraries'
+    """A location named from the project's root (``gantrain/training/loop.py``, ``tests/...``) or from the libraries'
     folder (``torch/optim/adam.py``), whatever the folders above them are called; other files in full."""
     if not Path(filename).is_absolute():  # "<string>", "<frozen ...>"
         return filename
@@ -193,7 +193,7 @@ def record(overrides: list[str], out_dir: str | Path,
     the Chrome trace written there; on CUDA ``recorder.profiler_syncs`` counts the blocking runtime calls."""
     from gantrain.cli import compose
     from gantrain.runtime import select_device
-    from gantrain.train import train
+    from gantrain.training.loop import train
 
     cfg = compose(overrides)
     if not any(o.startswith("trainer.max_steps=") for o in overrides):

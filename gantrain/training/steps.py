@@ -1,6 +1,7 @@
-"""One discriminator step and one generator step, with the seeds' semantics.
+"""One discriminator step, one generator step and the generator EMA, with the seeds' semantics.
 
-Used by the training loop and by the benchmark's ceiling, so both time exactly the same work.
+Used by the training loop and by the benchmark's ceiling, so both time exactly the same work. What the steps
+act on is a :class:`StepContext` (built by ``gantrain.training.build.build_step_context``).
 
 - D step: a real batch labelled real and ``G(z)`` (no gradient into G) labelled fake; lazy R1 on the
   reals when due, WGAN-GP's gradient penalty when set; only D's weights change.
@@ -22,12 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from gantrain.augment import Augment
+from gantrain.errors import UserError
 from gantrain.losses import GANLoss
+from gantrain.models import recompute_batchnorm
 
 
 def update_counting_skips(scaler: torch.amp.GradScaler, skipped: torch.Tensor) -> None:
@@ -46,8 +51,8 @@ def update_counting_skips(scaler: torch.amp.GradScaler, skipped: torch.Tensor) -
     skipped += (scaler._scale < before).to(skipped.dtype)
 
 
-@dataclass
-class Trainee:
+@dataclass(kw_only=True)
+class StepContext:
     """What the two steps act on: ``D`` the raw discriminator (R1's double backward, freezing);
     ``G_run``/``D_run`` the plain networks for forward passes (compiled with trainer.compile);
     ``G_learn``/``D_learn`` the ones whose gradients are averaged across ranks (DDP wrappers, or the same
@@ -70,12 +75,12 @@ class Trainee:
     accumulate: int = 1  # micro-batches per optimiser step (trainer.accumulate)
 
 
-def _seen(t: Trainee, x: torch.Tensor) -> torch.Tensor:
+def _seen(t: StepContext, x: torch.Tensor) -> torch.Tensor:
     """An image as D sees it: augmented when the run augments."""
     return x if t.augment is None else t.augment(x)
 
 
-def _micro(t: Trainee, net: nn.Module, *tensors: torch.Tensor):
+def _micro(t: StepContext, net: nn.Module, *tensors: torch.Tensor):
     """(no_sync or nullcontext, chunks) for each of the K micro-batches of ``tensors``: DDP all-reduces the
     gradients only on the last one."""
     k = t.accumulate
@@ -89,7 +94,7 @@ def _cls(c: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     return () if c is None else (c,)
 
 
-def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int, real_c: torch.Tensor | None = None,
+def d_step(t: StepContext, real: torch.Tensor, z: torch.Tensor, d_index: int, real_c: torch.Tensor | None = None,
            fake_c: torch.Tensor | None = None):
     """One D step; returns (loss_D, D(real), D(fake)) as tensors (nothing is read back). ``loss_D`` is the
     GAN loss without the lazy R1 term, so the logged curve does not jump on the steps R1 is due.
@@ -130,7 +135,7 @@ def d_step(t: Trainee, real: torch.Tensor, z: torch.Tensor, d_index: int, real_c
     return loss_D, d_real, d_fake
 
 
-def g_step(t: Trainee, z: torch.Tensor, g_index: int | None = None,
+def g_step(t: StepContext, z: torch.Tensor, g_index: int | None = None,
            c: torch.Tensor | None = None) -> torch.Tensor:
     """One G step (the ``g_index``-th, 0-based: lazy path-length regularisation when due); returns loss_G
     without the regulariser. D is frozen and called plain: no gradients reach its weights.
@@ -153,3 +158,48 @@ def g_step(t: Trainee, z: torch.Tensor, g_index: int | None = None,
     t.scaler_G.step(t.opt_G)
     update_counting_skips(t.scaler_G, t.skipped[0])
     return torch.stack(losses).mean() if t.accumulate > 1 else loss_G
+
+
+class EMA:
+    """Generator EMA (torch.optim.swa_utils.AveragedModel) with a half-life in images and a ramp-up.
+
+    As in stylegan2-ada, the half-life is ``ema_kimg`` thousand images, but at most ``rampup`` times the
+    images seen so far (``model.ema_rampup``, default 0.05; null or 0: no ramp-up), so short runs are not
+    dominated by the random initialisation. Buffers (BatchNorm
+    running statistics, StyleGAN's w_avg) are copied from G, not averaged: they are running averages already.
+    With ``bn="recompute"`` the BatchNorm statistics of the averaged weights are recomputed from their own
+    activations (fixed latents, :func:`gantrain.models.recompute_batchnorm`) whenever the EMA generator is
+    read (:meth:`generator`: grids, metrics, checkpoints): G's statistics do not fit weights they never saw.
+    """
+
+    def __init__(self, G: torch.nn.Module, ema_kimg: float, rampup: float = 0.05, bn: str = "copy"):
+        if bn not in ("copy", "recompute"):
+            raise UserError(f"model.ema_bn={bn} is unknown: choose copy or recompute.")
+        self.ema_nimg, self.rampup, self.beta, self.recompute_bn, self._stale = ema_kimg * 1000, rampup, 0.0, \
+            bn == "recompute", True
+        self.model = AveragedModel(G, use_buffers=False)  # a frozen copy of G (and its n_averaged counter)
+        self.model.eval().requires_grad_(False)
+        self._params = list(self.model.module.parameters())  # loading a state dict copies into these
+
+    @torch.no_grad()
+    def update(self, G: torch.nn.Module, images_seen: int, batch: int) -> None:
+        half_life = min(self.ema_nimg, images_seen * self.rampup) if self.rampup else self.ema_nimg
+        self.beta = 0.5 ** (batch / max(half_life, 1e-8))
+        # one foreach lerp, not AveragedModel.update_parameters: that copies its CPU counter n_averaged to
+        # the GPU every step, and a copy from pageable host memory makes the host wait for the device
+        torch._foreach_lerp_(self._params, list(G.parameters()), 1.0 - self.beta)
+        self.model.n_averaged += 1  # stays on the CPU: no device work
+        for b_ema, b in zip(self.model.module.buffers(), G.buffers()):
+            b_ema.copy_(b)
+        self._stale = True
+
+    def generator(self) -> torch.nn.Module:
+        """The EMA generator to sample from (its BatchNorm statistics recomputed when asked)."""
+        if self.recompute_bn and self._stale:
+            recompute_batchnorm(self.model.module)
+            self._stale = False
+        return self.model.module
+
+    def state_dict(self) -> dict[str, Any]:
+        self.generator()  # recomputed statistics, when asked, are what a checkpoint's user samples with
+        return self.model.state_dict()
