@@ -9,7 +9,7 @@ import torch
 from gantrain.augment import ADA_OPS, DIFFAUG_OPS, Augment
 from gantrain.losses import GANLoss
 from gantrain.models.dcgan import Discriminator, Generator
-from gantrain.steps import Trainee, d_step, g_step
+from gantrain.training.steps import StepContext, d_step, g_step
 
 SHAPE = (3, 16, 16)
 
@@ -30,8 +30,9 @@ def trainee(augment, r1_gamma=0.0):
     torch.manual_seed(0)
     G, D = Generator(SHAPE, z_dim=8, base_channels=8), Discriminator(SHAPE, base_channels=8)
     off = torch.amp.GradScaler("cpu", enabled=False)
-    return Trainee(D, G, D, G, D, torch.optim.SGD(G.parameters(), lr=0.01), torch.optim.SGD(D.parameters(), lr=0.01),
-                   GANLoss(r1_gamma=r1_gamma, r1_interval=1), off, off, augment=augment)
+    return StepContext(D=D, G_run=G, D_run=D, G_learn=G, D_learn=D, opt_G=torch.optim.SGD(G.parameters(), lr=0.01),
+                       opt_D=torch.optim.SGD(D.parameters(), lr=0.01), loss=GANLoss(r1_gamma=r1_gamma, r1_interval=1),
+                       scaler_G=off, scaler_D=off, augment=augment)
 
 
 def test_every_image_d_sees_goes_through_the_augmentation():
