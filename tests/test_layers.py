@@ -2,11 +2,13 @@
 
 * no import circle among gantrain's modules (imports at module level and inside functions both count);
 * every module belongs to a layer of :data:`LAYERS` (by its package root: ``gantrain.data.mnist`` belongs to
-  ``gantrain.data``, ``gantrain.training.loop`` to ``gantrain.training``), and imports only from its own or lower layers.
+  ``gantrain.data``, ``gantrain.training.loop`` to ``gantrain.training``), and imports only from its own or
+  lower layers.
 
 A module whose root has no entry in LAYERS fails the test, naming it: a new module or package is placed in a
-layer on purpose. An import names its target module: ``from gantrain.data import mnist`` is
-``gantrain.data.mnist``, ``from gantrain.data import build_dataset`` is ``gantrain.data`` (its __init__).
+layer on purpose; an entry that names no module (one moved or removed) fails it too. An import names its
+target module: ``from gantrain.data import mnist`` is ``gantrain.data.mnist``, ``from gantrain.data import
+build_dataset`` is ``gantrain.data`` (its __init__).
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def root_of(module: str) -> str:
 
 
 def layer_problems(graph: dict[str, set[str]], layers: list[tuple[str, list[str]]]) -> list[str]:
-    """One sentence per module without a layer, and per import of a higher layer."""
+    """One sentence per module without a layer, per entry without a module, and per import of a higher layer."""
     layer_of: dict[str, int] = {}
     for i, (_, roots) in enumerate(layers):
         for r in roots:
@@ -145,6 +147,8 @@ def layer_problems(graph: dict[str, set[str]], layers: list[tuple[str, list[str]
             layer_of[r] = i
     problems = [f"{m}: its root {root_of(m)} has no entry in LAYERS (place it in a layer)"
                 for m in sorted(graph) if root_of(m) not in layer_of]
+    problems += [f"LAYERS names {r}, which is no module or package here (remove it)"
+                 for r in sorted(set(layer_of) - {root_of(m) for m in graph})]
     for m in sorted(graph):
         if root_of(m) not in layer_of:
             continue
@@ -210,5 +214,6 @@ def test_a_wrong_way_import_and_a_module_without_a_layer_are_named(tmp_path):
     assert problems == [
         "gantrain.trainer: its root gantrain.trainer has no entry in LAYERS (place it in a layer)",
         "gantrain.training.loop: its root gantrain.training has no entry in LAYERS (place it in a layer)",
+        "LAYERS names gantrain.train, which is no module or package here (remove it)",
         "gantrain.errors (layer 'low') imports gantrain.cli of a higher layer ('top')",
     ]
