@@ -31,12 +31,15 @@ import torch
 from gantrain.quality import data as qdata
 from gantrain.quality.__main__ import fmt, write_section
 
-SMALL_SEEDS = {"digits-500": 4, "digits-100": 5}
+SMALL_SEEDS = {"digits-500": 4, "digits-100": 5}  # any other digits-N (--images N) is drawn with seed 4
 DCGAN = ["model=dcgan", "model.generator.base_channels=16", "model.discriminator.base_channels=16"]  # CPU-sized
 VARIANTS = {
     "none": ["augment=none"],
     "ada": ["augment=ada", "augment.ada_kimg=25"],   # p can go 0 -> 1 in 25k images (the paper: 500k)
     "diffaug": ["augment=diffaug"],
+    # translation stops this small DCGAN from learning at all (docs/QUALITY.md, "Small data sets"): without it
+    "diffaug-cutout": ["augment=diffaug", "augment.policy=[cutout]"],
+    "ada-nogeom": ["augment=ada", "augment.ada_kimg=25", "augment.ops=[brightness,contrast,cutout]"],
 }
 
 
@@ -44,7 +47,7 @@ def small_digits(root: Path, name: str) -> Path:
     n = int(name.split("-")[1])
 
     def write(tmp: Path) -> None:
-        images, labels = qdata.render_digits(n + 100, SMALL_SEEDS[name])
+        images, labels = qdata.render_digits(n + 100, SMALL_SEEDS.get(name, 4))
         raw = tmp / "MNIST" / "raw"
         qdata.write_idx(raw, "train", images[:n], labels[:n])
         qdata.write_idx(raw, "t10k", images[n:], labels[n:])
@@ -92,14 +95,14 @@ def tail_mean(values: list[float]) -> float | None:
 
 def run_augment(args, root: Path, record) -> None:
     sc = scorer(root, "cpu")
-    data = ["data=mnist", f"data.root={small_digits(root, 'digits-500')}"]
+    data = ["data=mnist", f"data.root={small_digits(root, f'digits-{args.images}')}"]
     for seed in args.seeds:
         for name in args.variants:
             out = Path(tempfile.mkdtemp(prefix="gantrain-small-"))
             try:
                 secs = train_run([*data, f"seed={seed}", f"trainer.max_steps={args.steps}",
                                   "ckpt.every_n_steps=1000000", *VARIANTS[name]], out)
-                record({"bench": "augment", "variant": name, "seed": seed, "steps": args.steps,
+                record({"bench": "augment", "variant": name, "seed": seed, "steps": args.steps, "images": args.images,
                         "classifier_fd": score_ckpt(sc, out / "checkpoints" / "last.pt"),
                         "rt": tail_mean(scalars(out, "D/rt")), "p": tail_mean(scalars(out, "Aug/p")),
                         "rt_curve": scalars(out, "D/rt")[::4], "p_curve": scalars(out, "Aug/p")[::4], "seconds": secs})
@@ -135,20 +138,22 @@ def run_finetune(args, root: Path, record) -> None:
 
 
 def render(results: list[dict], command: str) -> str:
-    # one row per (run, seed, step): a run split over processes scores the shared pretrained model more than once
-    results = list({(r["bench"], r["variant"], r["seed"], r.get("step")): r for r in results}.values())
+    # one row per (run, seed, step, set, length): a run split over processes scores the shared pretrained model
+    # more than once
+    results = list({(r["bench"], r["variant"], r["seed"], r.get("step"), r.get("images", 500), r.get("steps")): r
+                    for r in results}.values())
     lines = [f"Command: `{command}`; {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, CPU, 1 thread. "
              "DCGAN with base_channels=16, batch 64; classifier_fd against held-out digits (↓ lower is better); "
              "mean ± standard deviation over seeds.", ""]
     aug = [r for r in results if r["bench"] == "augment"]
-    if aug:
-        steps = aug[0]["steps"]
-        lines += [f"**Augmentation** on digits-500 (500 images), {steps} steps", "",
+    for images, steps in dict.fromkeys((r.get("images", 500), r["steps"]) for r in aug):
+        sel_all = [r for r in aug if (r.get("images", 500), r["steps"]) == (images, steps)]
+        lines += [f"**Augmentation** on digits-{images} ({images} images), {steps} steps", "",
                   "| augment | seeds | ↓ classifier_fd | vs none | D/rt (last quarter) | Aug/p (last quarter) |",
                   "|---|---|---|---|---|---|"]
-        base = [r["classifier_fd"] for r in aug if r["variant"] == "none"]
-        for name in dict.fromkeys(r["variant"] for r in aug):
-            sel = [r for r in aug if r["variant"] == name]
+        base = [r["classifier_fd"] for r in sel_all if r["variant"] == "none"]
+        for name in dict.fromkeys(r["variant"] for r in sel_all):
+            sel = [r for r in sel_all if r["variant"] == name]
             fd = [r["classifier_fd"] for r in sel]
             rel = f"{(sum(fd) / len(fd)) / (sum(base) / len(base)) * 100 - 100:+.0f} %" if base else "-"
             p = [r["p"] for r in sel if r["p"] is not None]
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--images", type=int, default=500, help="augment: training images (digits-N)")
     p.add_argument("--pre-steps", type=int, default=1500)
     p.add_argument("--ft-steps", type=int, default=300)
     p.add_argument("--at", default="100,300,600,1000,1500", help="finetune: steps scored")
