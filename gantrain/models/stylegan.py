@@ -38,6 +38,7 @@ from gantrain.models.layers import (
     pixel_norm,
     upsample2x,
 )
+from gantrain.torch_utils import eval_mode
 
 __all__ = ["Discriminator", "Generator", "check_shape", "style_mixing_images", "truncation_strip"]
 
@@ -269,25 +270,6 @@ class Discriminator(nn.Module):
 
 # -- sampling utilities ---------------------------------------------------------------------------
 
-class _EvalMode:
-    """Evaluation mode and no autograd for the duration; the module's mode is restored after."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __enter__(self):
-        self.was_training = self.module.training
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
-        self.no_grad.__exit__(*exc)
-        return False
-
-
 @torch.no_grad()
 def style_mixing_images(G: Generator, z_rows: torch.Tensor, z_cols: torch.Tensor, crossover: int,
                         psi: float = 1.0) -> torch.Tensor:
@@ -300,7 +282,7 @@ def style_mixing_images(G: Generator, z_rows: torch.Tensor, z_cols: torch.Tensor
     """
     if not 0 <= crossover <= G.num_ws:
         raise ValueError(f"crossover must be in [0, {G.num_ws}]; got {crossover}")
-    with _EvalMode(G):
+    with eval_mode(G):
         ws_r = G.mapping(z_rows, psi)
         ws_c = G.mapping(z_cols, psi)
         r, c = ws_r.shape[0], ws_c.shape[0]
@@ -313,7 +295,7 @@ def style_mixing_images(G: Generator, z_rows: torch.Tensor, z_cols: torch.Tensor
 def truncation_strip(G: Generator, z: torch.Tensor, psis: Sequence[float] = (1.0, 0.7, 0.5, 0.0)) -> torch.Tensor:
     """Each latent in ``z`` at every ``psi``: ``(len(z) * len(psis), C, H, W)``, row-major (one row
     per latent, one column per psi). Const noise; ``G``'s mode is restored, ``w_avg`` untouched."""
-    with _EvalMode(G):
+    with eval_mode(G):
         ws = G.mapping(z)
         rows = torch.stack([G._truncate(ws, float(p), None) for p in psis], dim=1)   # (N, P, num_ws, w_dim)
         return G.synthesis(rows.reshape(-1, G.num_ws, rows.shape[-1]), noise_mode="const")

@@ -24,6 +24,7 @@ from gantrain.errors import UserError
 from gantrain.models import sample
 from gantrain.runtime import autocast_dtype
 from gantrain.summaries import Summaries, curves_figure, flatten, hparams_view, task_overrides
+from gantrain.torch_utils import eval_mode, isolated_rng
 from gantrain.training.build import Built
 from gantrain.training.state import TrainState
 
@@ -166,9 +167,7 @@ class Periodic:
             return
         st, data, tb, device, num_classes = self.st, self.b.data, self.tb, self.b.device, self.b.num_classes
         grid_z, net = st.grid_z, st.generator()
-        was_training = net.training
-        net.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with isolated_rng(device), eval_mode(net):
             if num_classes:  # one row per class, the same latents in every row, class names in front
                 z_index, grid_c, cols = classes.grid_layout(num_classes, len(grid_z))
                 fake = torch.cat([sample(net, z, c=c) for z, c in zip(grid_z[z_index.to(device)].split(256),
@@ -191,7 +190,6 @@ class Periodic:
                           step, nrow=len(cols))
                 psis = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
                 tb.images("truncation", truncation_strip(net, grid_z[:4], psis), step, nrow=len(psis))
-        net.train(was_training)
         tb.flush()
 
     def evaluate(self, step: int) -> bool:
