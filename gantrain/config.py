@@ -223,6 +223,10 @@ def validate(cfg: DictConfig) -> None:
     if batch % k:
         raise UserError(f"data.batch_size={batch} cannot be split into trainer.accumulate={k} equal micro-batches: "
                         "choose a batch size divisible by trainer.accumulate.")
+    pack = OmegaConf.select(cfg, "model.discriminator.pack") or 1
+    if (batch // k) % pack:
+        raise UserError(f"model.discriminator.pack={pack} needs micro-batches divisible by it, but data.batch_size="
+                        f"{batch} / trainer.accumulate={k} is {batch // k}: choose a batch size it divides.")
     if cfg.trainer.sync_batchnorm and cfg.loss.r1_gamma:
         raise UserError("trainer.sync_batchnorm=true cannot be combined with R1 (loss.r1_gamma>0): PyTorch's "
                         "SyncBatchNorm has no second derivative; set one of them off.")

@@ -68,7 +68,7 @@ def test_accumulated_step_equals_big_batch_step(tmp_path):
     torch.testing.assert_close(acc["loss_D"], big["loss_D"].detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(acc["loss_G"], big["loss_G"].detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(acc["d_real"], big["d_real"], rtol=0, atol=1e-6)
-    assert acc["d_real"].shape[0] == 8
+    assert acc["d_real"].shape[0] == 8 // make_cfg(*TINY_GAN).model.discriminator.pack  # one per packed pair
 
 
 def test_accumulation_changes_nothing_but_memory_and_resumes_exactly(tmp_path):

@@ -52,3 +52,16 @@ def test_pack_mbstd_and_batch_norm_train_and_resume_exactly(tmp_path):
     a = assert_exact_resume(tmp_path, [*GAN_SINE, "model.discriminator.pack=2", "model.discriminator.mbstd=4",
                                        "model.generator.batch_norm=true"], n=3)
     assert a["D"]["net.1.weight"].shape[1] == 2 * 64 and any("running_mean" in k for k in a["G"])
+
+
+def test_the_sine_default_packs_and_other_data_do_not():
+    from gantrain.config import validate
+    from tests.utils import make_cfg
+
+    sine, digits = make_cfg(), make_cfg("data=mnist")           # conf/model_data/gan_sine.yaml: gan + sine only
+    assert (sine.model.discriminator.pack, sine.model.ema_kimg, sine.model.ema_rampup) == (2, 40, 0.1)
+    assert (digits.model.discriminator.pack, digits.model.ema_kimg, digits.model.ema_rampup) == (1, 10, 0.05)
+    assert make_cfg("experiment=sngan_sine").model.discriminator.pack == 1   # the presets as measured
+    assert make_cfg("model.discriminator.pack=1").model.discriminator.pack == 1  # the command line wins
+    with pytest.raises(UserError, match="pack=2 needs micro-batches divisible"):
+        validate(make_cfg("data.batch_size=12", "trainer.accumulate=4"))
