@@ -86,7 +86,7 @@ def test_unlabelled_data_is_refused_in_one_sentence(tmp_path, image_folder, cele
 # --------------------------------------------------------------------------------------- models
 @pytest.mark.parametrize("model", ["gan", "dcgan", "stylegan"])
 def test_conditional_networks_use_the_class(model):
-    cfg = make_cfg(*tiny(model), *COND)
+    cfg = make_cfg(*tiny(model), *COND, "data=mnist")  # a data set with classes (sine packs its D)
     shape = (1, 32, 32)
     G = conditional.CONDITIONAL[cfg.model.generator._target_]
     nodes = {w: conditional.conditional_node(cfg.model[w], 3) for w in ("generator", "discriminator")}
