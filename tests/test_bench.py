@@ -90,3 +90,17 @@ def test_bench_memory_reports_the_tensors_and_accumulation_lowers_them(tmp_path)
     for r in rows:
         assert 0 < r["step_mib"] < r["tensors_mib"] < r["peak_mib"]
     assert four["tensors_mib"] < 0.8 * one["tensors_mib"] and four["step_mib"] < 0.6 * one["step_mib"]
+
+
+def test_bench_cpu_times_the_variants_side_by_side(capsys):
+    from gantrain.tools import bench_cpu
+
+    threads = torch.get_num_threads()
+    try:
+        bench_cpu.main(["--cases", "dcgan-mnist", "--batch", "4", "--steps", "1", "--repeats", "1",
+                        "--variant", "a:trainer.channels_last=false", "--variant", "b:model.z_dim=8"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| dcgan-mnist | 4 |")]
+    a, b, ratio = (v.strip() for v in rows[0].strip("|").split("|")[2:])
+    assert float(a) > 0 and float(b) > 0 and re.fullmatch(r"\d+\.\d\dx (faster|slower)", ratio)
