@@ -86,8 +86,9 @@ def test_the_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
 
 
 PRESETS = {  # experiment: (model, data, steps, what the preset sets beyond the groups)
-    "dcgan_celeba": ("dcgan", "celeba", 8000, {"data.batch_size": 128, "data.resolution": 64}),
-    "dcgan_mnist": ("dcgan", "mnist", 4700, {"data.batch_size": 128}),
+    "dcgan_celeba": ("dcgan", "celeba", 8000, {"data.batch_size": 128, "data.resolution": 64,
+                                               "optim.generator.lr": 0.0002, "optim.discriminator.lr": 0.0002}),
+    "dcgan_mnist": ("dcgan", "mnist", 4700, {"data.batch_size": 128, "optim.generator.lr": 0.0002}),
     "gan_mnist": ("gan", "mnist", 20000, {"model.generator.hidden": [256, 512, 1024], "model.z_dim": 100}),
     "stylegan_celeba": ("stylegan", "celeba", 25000, {"model.channel_base": 16384, "data.batch_size": 32,
                                                       "loss.r1_gamma": 0.05, "optim.generator.lr": 0.002}),
@@ -249,3 +250,14 @@ def test_gantrain_generate_on_a_missing_checkpoint_does_not_suggest_resume(tmp_p
         generate.main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert "does not exist: check the path" in err and "resume" not in err, err
+
+
+@pytest.mark.parametrize("overrides,lrs", [
+    (["model=dcgan"], (5e-4, 5e-4, [0.5, 0.999])),          # optim=dcgan, chosen by docs/QUALITY.md (issue 17)
+    (["model=dcgan", "optim=adam"], (2e-4, 2e-4, [0.5, 0.999])),  # the command line wins: the paper's
+    (["model=dcgan", "optim=ttur"], (1e-4, 4e-4, [0.0, 0.9])),
+    (["model=gan"], (2e-4, 2e-4, [0.5, 0.999])),
+])
+def test_model_files_pick_their_optimiser_and_the_command_line_wins(overrides, lrs):
+    cfg = make_cfg(*overrides)
+    assert (cfg.optim.generator.lr, cfg.optim.discriminator.lr, list(cfg.optim.generator.betas)) == lrs
