@@ -252,8 +252,8 @@ def test_ema_rampup_is_read_from_the_model_config(tmp_path, monkeypatch):
             super().__init__(G, ema_kimg, rampup=rampup, bn=bn)
 
     monkeypatch.setattr(train_mod, "EMA", Recording)
-    run(tmp_path, *tiny("gan"), "data=sine", "data.size=64", "trainer.max_steps=1", "+model.ema_rampup=0.2")
-    run(tmp_path, *tiny("gan"), "data=sine", "data.size=64", "trainer.max_steps=1")
+    run(tmp_path, *tiny("gan"), "data=sine", "data.size=64", "trainer.max_steps=1", "model.ema_rampup=0.2")
+    run(tmp_path, *tiny("gan"), "data=sine", "data.size=64", "trainer.max_steps=1", "~model.ema_rampup")
     assert seen == [0.2, 0.05]                       # given, and the stylegan2-ada default when absent
     ema = train_mod.EMA(torch.nn.Linear(2, 2), ema_kimg=10, rampup=None)
     ema.update(torch.nn.Linear(2, 2), images_seen=64, batch=64)
