@@ -174,17 +174,7 @@ def save_periodic(last: Path, step: int, keep: int) -> Path:
     system has no links). ``save`` always replaces last.pt by a new file, so the link keeps this step's bytes.
     """
     ckpt_dir = last.parent
-    path = ckpt_dir / f"step_{step:07d}.pt"
-    tmp = files.temp_name(path)
-    try:
-        os.link(last, tmp)
-        os.replace(tmp, path)  # a no-op when path is already this inode (POSIX): tmp then stays, hence the unlink
-        files.unlink_quietly(tmp)
-        _fsync_dir(ckpt_dir)
-    except OSError:
-        files.unlink_quietly(tmp)
-        with open(last, "rb") as src:
-            write_atomically(path, lambda f: shutil.copyfileobj(src, f), lambda: last.stat().st_size)
+    path = link_beside(last, f"step_{step:07d}.pt")
     periodic = periodic_files(ckpt_dir)
     for old in periodic[: max(0, len(periodic) - keep)]:
         files.unlink_quietly(old)

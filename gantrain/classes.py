@@ -14,6 +14,7 @@ import torch
 
 from gantrain.errors import UserError
 from gantrain.models.conditional import conditional_node
+from gantrain.torch_utils import from_uint8
 
 
 def is_conditional(cfg_model) -> bool:
@@ -56,8 +57,7 @@ def label_tiles(names: list[str], shape: tuple[int, ...]) -> torch.Tensor:
         draw = ImageDraw.Draw(im)
         text = str(name)[: max(1, w // 6)]
         draw.text((1, max(0, h // 2 - 5)), text, fill=255)
-        arr = np.asarray(im.resize((w, h)), dtype=np.float32) / 127.5 - 1.0
-        tiles.append(torch.from_numpy(arr).expand(c, h, w))
+        tiles.append(from_uint8(torch.from_numpy(np.array(im.resize((w, h))))).expand(c, h, w))
     return torch.stack(tiles)
 
 

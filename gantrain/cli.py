@@ -6,13 +6,13 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gantrain import files
 from gantrain.config import register, unknown_key
 from gantrain.errors import UserError
 
@@ -47,8 +47,7 @@ def check_writable(run_dir: str | os.PathLike) -> None:
         if d.name == "checkpoints" and not d.exists():
             continue
         try:
-            with tempfile.TemporaryFile(dir=d):
-                pass
+            files.probe_writable(d)
         except OSError as e:
             raise UserError(f"the run directory {d} is not writable ({e.strerror or e}): "
                             "choose another with hydra.run.dir=PATH (hydra.sweep.dir=PATH with -m).") from None

@@ -175,7 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def export(args: argparse.Namespace) -> str:
     from gantrain.models.loading import load_generator
-    from gantrain.writers import check_writable
+    from gantrain.writers import check_output
 
     out = Path(args.out).expanduser()
     kind = FORMATS.get(out.suffix.lower())
@@ -195,7 +195,7 @@ def export(args: argparse.Namespace) -> str:
     curves = len(ckpt["data_shape"]) == 1
     if curves and args.uint8:
         raise UserError("--uint8 makes images, but this checkpoint generates 1-D curves (sine data): leave it out.")
-    check_writable(kind, out, args.out)
+    check_output(kind, out, args.out)
 
     model = Exported(G, args.truncation, args.noise, args.uint8).eval()
     z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(0))

@@ -1,11 +1,12 @@
 """Small file-system helpers shared by the writers: atomic replacement (temp file + ``os.replace``), sizes in
-words, free-space checks, temp files of dead writers, and removal that never hides the error being reported."""
+words, free-space and writability checks, temp files of dead writers, and removal that never hides the error being reported."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,12 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and remove a file in ``folder``: raises the OSError a writer would meet there (none: writable)."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def human(nbytes: float) -> str:

@@ -29,7 +29,7 @@ from gantrain import generate_classes, media, output_limits, sampling
 from gantrain.cli_util import run_cli
 from gantrain.errors import UserError
 from gantrain.models.loading import load_generator
-from gantrain.writers import check_writable, output_kind, write_dir, write_gif, write_grid, write_npz
+from gantrain.writers import check_output, output_kind, write_dir, write_gif, write_grid, write_npz
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,7 +129,7 @@ def generate(args: argparse.Namespace) -> str:
         raise UserError(f"--truncation applies only to models with a truncation trick (StyleGAN); this "
                         f"checkpoint's model ({ckpt.get('model', type(G).__name__)}) has none: leave it out.")
     shape = tuple(ckpt["data_shape"])
-    check_writable(p.kind, p.out, args.out)
+    check_output(p.kind, p.out, args.out)
     output_limits.remove_stale_temps(p.kind, p.out)  # left by a gantrain-generate killed while writing
     output_limits.check(p.kind, p.out, p.n, p.n * (p.between + 1), shape)  # memory and disk, before any work
     seed = args.seed if args.seed is not None else secrets.randbits(31)

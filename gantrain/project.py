@@ -35,6 +35,7 @@ from torch import nn
 
 from gantrain.cli_util import run_cli
 from gantrain.errors import UserError
+from gantrain.torch_utils import from_uint8
 
 W_AVG_SAMPLES = 10_000
 LR, LR_RAMPUP, LR_RAMPDOWN = 0.1, 0.05, 0.25
@@ -70,8 +71,8 @@ def load_target(path: str, channels: int, resolution: int, resize: bool) -> torc
         side = min(img.size)
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).reshape(resolution, resolution, channels))
-    return (x.permute(2, 0, 1)[None] / 127.5 - 1).contiguous()
+    x = torch.from_numpy(np.array(img).reshape(resolution, resolution, channels))
+    return from_uint8(x.permute(2, 0, 1)[None]).contiguous()
 
 
 # ---------------------------------------------------------------------------------- the distance
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> str:
     from gantrain.export import load_checkpoint
     from gantrain.models.loading import build, load_generator
     from gantrain.runtime import select_device
-    from gantrain.writers import check_writable, to_pil, to_uint8_hwc, write_gif
+    from gantrain.writers import check_output, to_pil, to_uint8_hwc, write_gif
 
     if args.steps < 1:
         raise UserError(f"--steps {args.steps} is out of range: use at least 1 step (the paper uses 1000).")
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> str:
                             f"({str(e).splitlines()[0][:80]}): pass --feature-weight 0 to use pixel MSE alone.") from None
         D = D.to(device).eval().requires_grad_(False)
     out = Path(args.out).expanduser()
-    check_writable("dir", out, args.out)
+    check_output("dir", out, args.out)
 
     w, maps, frames = project(G, D, target, args.steps, args.w_plus, args.feature_weight, args.seed,
                               progress=sys.stderr.isatty())

@@ -40,16 +40,14 @@ def output_kind(out: str, quiet: bool = False) -> tuple[str, Path]:
     return kind, path
 
 
-def check_writable(kind: str, path: Path, out: str) -> None:
+def check_output(kind: str, path: Path, out: str) -> None:
     """Create the output's folder and make sure it can be written, before any work is done."""
     folder = path if kind == "dir" else path.parent
     try:
         if path.exists() and kind != "dir" and path.is_dir():
             raise UserError(f"-o {out} is an existing folder, not a {kind} file: choose another name.")
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".gantrain-generate-probe{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        files.probe_writable(folder)
     except OSError as e:
         raise UserError(f"cannot write -o {out}: {e.strerror or e} ({folder}); choose a writable path.") from None
 
