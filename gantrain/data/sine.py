@@ -15,13 +15,14 @@ from gantrain.data.base import TensorDataset
 from gantrain.errors import UserError
 
 DATA_SEED = 20_240_601
-DEFAULTS = {"size": 16384, "num_points": 64, "amplitude": (0.5, 1.0), "phase": (0.0, 2 * math.pi),
-            "noise": 0.02}
 
 
 def _get(cfg, key):
+    """``data.KEY``; its default is in conf/data/sine.yaml (the one place), so an unset one is refused."""
     value = cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
-    return DEFAULTS[key] if value is None else value
+    if value is None:
+        raise UserError(f"data.{key} is not set: give it a value (conf/data/sine.yaml has the defaults).")
+    return value
 
 
 def _range(cfg, key):
