@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gantrain import files
 from gantrain.cli_util import run_cli
 from gantrain.errors import UserError
 from gantrain.models import sample
@@ -129,15 +130,11 @@ def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path, m
     program = torch.onnx.export(model, inputs, dynamo=True, input_names=names, output_names=[name],
                                 dynamic_shapes=_dynamic(inputs), verbose=False)
     program.model.metadata_props.update(meta)
-    tmp = _tmp(out)
-    try:
+    with files.replacing(out, _tmp(out)) as tmp:
         program.save(tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in zip(names, inputs)})[0])
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     opset = next(o.version for o in onnx.load(str(out), load_external_data=False).opset_import if o.domain == "")
     return {"format": f"ONNX opset {opset}", "diff": _diff(model(*inputs), got)}
 
@@ -145,13 +142,9 @@ def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path, m
 def export_pt2(model: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path, meta: dict[str, str]) -> dict[str, Any]:
     """Write ``out`` with torch.export.save (metadata in the extra file gantrain.json); reload it and compare."""
     program = torch.export.export(model, inputs, dynamic_shapes=_dynamic(inputs))
-    tmp = _tmp(out)
-    try:
+    with files.replacing(out, _tmp(out)) as tmp:
         torch.export.save(program, tmp, extra_files={PT2_META: json.dumps(meta)})
         got = torch.export.load(tmp).module()(*inputs)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"format": "torch.export program", "diff": _diff(model(*inputs), got)}
 
 

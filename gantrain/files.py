@@ -22,10 +22,11 @@ def temp_name(path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[Path]:
     """``with replacing(out) as tmp: write tmp``: ``tmp`` replaces ``out`` atomically when the block ends, so a
-    reader never sees a half-written ``out``; on an error (Ctrl-C included) ``tmp`` is removed and ``out`` kept."""
-    tmp = temp_name(path)
+    reader never sees a half-written ``out``; on an error (Ctrl-C included) ``tmp`` is removed and ``out`` kept.
+    ``tmp``: another temp name than :func:`temp_name`'s (a writer that needs a suffix, a cache's own pattern)."""
+    tmp = temp_name(path) if tmp is None else Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

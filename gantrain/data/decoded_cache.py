@@ -74,31 +74,29 @@ def write_cache(decode: Decoder, paths: Sequence[str], path: Path, meta_path: Pa
     n, r, c = len(paths), resolution, channels
     check_size(n, r, c, path)
     header = _npy_header((n, r, r, c))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            count, bad = decode_all(decode, paths, f, resolution=r, channels=c, workers=workers, progress=progress,
-                                    desc=desc)
-            f.seek(0)
-            f.write(_npy_header((count, r, r, c), length=len(header)))   # the real count, same length
-            f.flush()
-            os.fsync(f.fileno())
-        meta = {"version": version, "count": count, "resolution": r, "channels": c, "files": n,
-                "unreadable": len(bad), "unreadable_examples": [os.path.basename(p) for p in bad[:5]]}
-        tmp_meta.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp_meta, meta_path)
-        os.replace(tmp, path)
-    except OSError as e:
-        files.unlink_quietly(tmp)  # first: the sentence then counts the space it held as free
+    try:  # the .json is renamed into place first, the .npy (whose presence load() looks for) last
+        with files.replacing(path, _temp(path)) as tmp, files.replacing(meta_path, _temp(meta_path)) as tmp_meta:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                count, bad = decode_all(decode, paths, f, resolution=r, channels=c, workers=workers,
+                                        progress=progress, desc=desc)
+                f.seek(0)
+                f.write(_npy_header((count, r, r, c), length=len(header)))   # the real count, same length
+                f.flush()
+                os.fsync(f.fileno())
+            meta = {"version": version, "count": count, "resolution": r, "channels": c, "files": n,
+                    "unreadable": len(bad), "unreadable_examples": [os.path.basename(p) for p in bad[:5]]}
+            tmp_meta.write_text(json.dumps(meta, indent=1))
+    except OSError as e:  # the temp files are gone already: the sentence counts the space they held as free
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise files.disk_full(path, len(header) + n * r * r * c, CACHE_FIX) from None
         raise UserError(f"cannot write the decoded-image cache {path} ({e.strerror or e}): set data.cache_dir to a "
                         "writable folder.") from None
-    finally:
-        files.unlink_quietly(tmp)
-        files.unlink_quietly(tmp_meta)
+
+
+def _temp(path: Path) -> Path:
+    """The cache's temp name ``.NAME.PID.tmp`` (:data:`STALE_TEMP` finds those of dead writers)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 class ImageCache:
