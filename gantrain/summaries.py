@@ -13,6 +13,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.utils import make_grid
 
@@ -71,20 +72,26 @@ def hparams_view(flat: Mapping[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def curves_figure(fake: torch.Tensor, real: torch.Tensor, x: torch.Tensor | None = None, n: int = 16):
+def curves_figure(fake, real: torch.Tensor | None = None, x: torch.Tensor | None = None, n: int = 16, *,
+                  title: str = "generated (red) over real (grey)", dpi: int = 80):
     """Generated curves (red) over real ones (grey), as a matplotlib figure (not registered with pyplot: no
-    global backend switch, and nothing left open when summaries are off)."""
+    global backend switch, and nothing left open when summaries are off). The one curve plot: TensorBoard's
+    and the quality tool's (the first ``n`` of a tensor ``fake``), gantrain-generate's .png (``fake`` an
+    iterator of batches, ``n`` curves in all, no ``real``; thinner, fainter lines beyond 64 curves)."""
     from matplotlib.figure import Figure
 
-    fake, real = fake[:n].float().cpu(), real[:n].float().cpu()
-    x = torch.linspace(-1, 1, fake.shape[1]) if x is None else x.cpu()
-    fig = Figure(figsize=(6, 4), dpi=80)
+    grid = None if x is None else x.cpu()
+    if isinstance(fake, torch.Tensor):
+        fake, grid = [fake[:n]], torch.linspace(-1, 1, fake.shape[1]) if grid is None else grid
+    fig = Figure(figsize=(6, 4), dpi=dpi)
     ax = fig.add_subplot()
-    for y in real:
-        ax.plot(x, y, color="0.7", lw=1)
-    for y in fake:
-        ax.plot(x, y, color="tab:red", lw=1, alpha=0.8)
-    ax.set_title("generated (red) over real (grey)")
+    for y in ([] if real is None else real[:n].float().cpu()):
+        ax.plot(grid, y, color="0.7", lw=1)
+    lw, alpha = (1.0, 0.8) if n <= 64 else (0.5, max(0.05, min(0.8, 40 / n)))
+    for b in fake:
+        y = b.float().cpu().numpy()
+        ax.plot(np.linspace(-1, 1, y.shape[1]) if grid is None else grid, y.T, color="tab:red", lw=lw, alpha=alpha)
+    ax.set_title(title)
     ax.set_ylim(-1.5, 1.5)
     fig.tight_layout()
     return fig

@@ -21,6 +21,7 @@ import torch
 
 from gantrain import files
 from gantrain.errors import UserError
+from gantrain.summaries import curves_figure
 from gantrain.torch_utils import to_uint8
 
 KINDS = {".png": "grid", ".npz": "npz", ".gif": "gif", ".mp4": "mp4"}
@@ -80,26 +81,9 @@ def write_grid(batches: Iterator[torch.Tensor], out: Path, n: int, curves: bool,
     """One PNG: a plot of the curves, or the images tiled ``nrow`` per row (default: a square)."""
     with files.replacing(out) as tmp:
         if curves:
-            _plot_curves(batches, n, tmp)
+            curves_figure(batches, n=n, title=f"{n} generated curves", dpi=100).savefig(tmp, format="png")
         else:
             to_pil(_tile(batches, n, nrow or max(1, math.ceil(math.sqrt(n))))).save(tmp, format="PNG")
-
-
-def _plot_curves(batches: Iterator[torch.Tensor], n: int, path: Path) -> None:
-    """All curves in one plot (a matplotlib Figure not registered with pyplot: no global backend switch)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.add_subplot()
-    lw, alpha = (1.0, 0.8) if n <= 64 else (0.5, max(0.05, min(0.8, 40 / n)))
-    for b in batches:
-        y = b.numpy()
-        x = np.linspace(-1, 1, y.shape[1])
-        ax.plot(x, y.T, color="tab:red", lw=lw, alpha=alpha)
-    ax.set_title(f"{n} generated curves")
-    ax.set_ylim(-1.5, 1.5)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
 
 
 def _tile(batches: Iterator[torch.Tensor], n: int, nrow: int) -> np.ndarray:
