@@ -39,6 +39,15 @@ def setting(cfg, key: str, default=None):
     return default if value is None else value
 
 
+def image_resolution(cfg_data, resolution: int | None, default: int) -> int:
+    """The image size: the model's ``resolution`` when it asks for one, else ``data.resolution``, else
+    ``default`` (the data set's own); refused unless positive."""
+    res = int(resolution or setting(cfg_data, "resolution", default))
+    if res < 1:
+        raise UserError(f"data.resolution={res} is invalid: it must be positive.")
+    return res
+
+
 def data_root(cfg_data) -> Path:
     """``data.root`` as an absolute path (``~`` and ``$VARS`` expanded); default $GANTRAIN_DATA or DEFAULT_ROOT."""
     root = setting(cfg_data, "root", os.environ.get("GANTRAIN_DATA", DEFAULT_ROOT))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gantrain.data.base import Dataset, data_root, setting
+from gantrain.data.base import Dataset, data_root, image_resolution, setting
 from gantrain.data.decoded_cache import ImageCache, cache_folder, check_size
 from gantrain.data.streaming import make_image_dataset
 from gantrain.errors import UserError
@@ -148,10 +148,8 @@ def build_folder(cfg_data, *, device, seed, rank, world_size, resolution=None, p
     if name == "folder" and not setting(cfg_data, "root"):
         raise UserError("data=folder needs the images' location: add data.root=/path/to/images.")
     root = data_root(cfg_data)
-    res = int(resolution or setting(cfg_data, "resolution", 64))
+    res = image_resolution(cfg_data, resolution, 64)
     channels = int(setting(cfg_data, "channels", 3))
-    if res < 1:
-        raise UserError(f"data.resolution={res} is invalid: it must be positive.")
     if channels not in (1, 3):
         raise UserError(f"data.channels={channels} is not supported: choose 1 (greyscale) or 3 (RGB).")
     top, files, others = _image_files(name, root)

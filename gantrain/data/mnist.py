@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gantrain.data.base import Dataset, data_root, setting
+from gantrain.data.base import Dataset, data_root, image_resolution, setting
 from gantrain.data.decoded_cache import check_size
 from gantrain.data.streaming import make_image_dataset
 from gantrain.errors import UserError
@@ -127,9 +127,7 @@ def fit_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
 def build_mnist(cfg_data, *, device, seed, rank, world_size, resolution=None) -> Dataset:
     name = str(cfg_data.name)
     data = load_mnist_like(cfg_data, name).unsqueeze(1)          # (N, 1, 28, 28) uint8
-    res = int(resolution or setting(cfg_data, "resolution", 28))
-    if res < 1:
-        raise UserError(f"resolution {res} is invalid for {name}: it must be positive.")
+    res = image_resolution(cfg_data, resolution, 28)
     check_size(len(data), res, 1)
     data = fit_resolution(data, res)
     array = data.permute(0, 2, 3, 1).contiguous().numpy()        # (N, H, W, 1)
