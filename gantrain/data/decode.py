@@ -39,6 +39,20 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _start_pool(workers: int):
+    """The worker pool, started with SIGINT held back: a Ctrl-C that lands while a worker is being forked would
+    otherwise be raised inside an at-fork hook (logging's), where Python ignores it, and be lost; held back,
+    it is raised as soon as the pool is up, in the decoding loop's ``try``."""
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return _pool_context().Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def decode_all(decode: Callable[..., np.ndarray | None], paths: Sequence[str], out, *, resolution: int,
                channels: int, workers: int, progress: bool, desc: str) -> tuple[int, list[str]]:
     """``decode(path, resolution, channels)`` for ``paths`` in order, writing each readable image's bytes to the
@@ -54,7 +68,7 @@ def decode_all(decode: Callable[..., np.ndarray | None], paths: Sequence[str], o
         if workers == 1:
             results = map(fn, paths)
         else:
-            pool = _pool_context().Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+            pool = _start_pool(workers)
             results = pool.imap(fn, paths, chunksize=max(1, min(256, len(paths) // (workers * 8))))
         for path, arr in zip(paths, results):
             if arr is None:
