@@ -121,6 +121,24 @@ def _quiet_writer_threads() -> None:
     threading.excepthook = hook
 
 
+def _after_earlier_event_files(log_dir: Path) -> None:
+    """Wait (at most a second) until a new event file's name sorts after the folder's existing ones.
+
+    TensorBoard reads a folder's event files in name order, and the name starts with the second it was
+    created in, then the pid and a per-process counter (``...1733211111.host.42.10`` sorts before
+    ``....9``). A resume that starts in the same second as the run it continues would be read first, its
+    steps then look older than the earlier run's, and TensorBoard purges them as out of order."""
+    import time
+
+    stamps = []
+    for f in log_dir.glob("events.out.tfevents.*"):
+        with suppress(ValueError, IndexError):
+            stamps.append(int(f.name.split(".")[3]))
+    deadline = time.time() + 1.5  # a file stamped further ahead (another clock) is not waited for
+    while stamps and int(time.time()) <= max(stamps) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 class Summaries:
     """Writes never stop the run: when the event file cannot be written (disk full, ...), one warning says
     so, summaries are off for the rest of the run, and training and checkpoints go on.
@@ -142,6 +160,7 @@ class Summaries:
             self._closed = True  # also when creating it fails: one warning, then off
             with self._guard():
                 _quiet_writer_threads()
+                _after_earlier_event_files(self.log_dir)
                 self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step, flush_secs=30)
                 fw = self.writer._get_file_writer()
                 for summary in self._pending:
