@@ -18,7 +18,7 @@ from tests.utils import FAST, ROOT, gantrain, make_cfg, tiny
 
 GROUPS = {"model": ["dcgan", "gan", "stylegan"], "data": ["celeba", "fashion_mnist", "folder", "mnist", "sine"],
           "loss": ["bce", "bce_r1", "hinge", "lsgan", "minimax", "wgan_gp"],
-          "optim": ["adam", "stylegan", "ttur", "wgan_gp"],
+          "optim": ["adam", "dcgan", "stylegan", "ttur", "wgan_gp"],
           "experiment": ["cdcgan_mnist", "dcgan_celeba", "dcgan_mnist", "gan_mnist", "sngan_celeba", "sngan_mnist", "sngan_sine",
                          "stylegan_celeba", "wgan_gp_mnist", "wgan_gp_sine"]}
 
