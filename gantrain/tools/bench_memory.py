@@ -5,7 +5,7 @@
 Each K runs in a fresh process (a process's peak cannot be reset on the CPU) that builds the case's G, D,
 loss and optimisers as the benchmark does (gantrain/tools/bench.py ``Networks``, the loop's own ``d_step`` and
 ``g_step``) and takes ``--steps`` D+G steps on a random batch. Reported per K, as the benchmark reports it:
-the peak of the process (CPU: ``ru_maxrss``, CUDA: ``max_memory_allocated``); on the CPU also the tensors'
+the peak of the process (CPU: its peak RSS, VmHWM; CUDA: ``max_memory_allocated``); on the CPU also the tensors'
 part of it, the analogue of CUDA's ``max_memory_allocated``: that peak minus the memory held before the
 networks were built (the Python/torch runtime), i.e. weights, optimiser state, the batch and the step's
 activations; and the step's own part: the peak minus the memory held just before the first step (the
@@ -25,12 +25,25 @@ import sys
 import torch
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def _peak_rss_mib() -> float:
+    """This program's peak RSS: VmHWM, which starts afresh at exec. (``ru_maxrss`` keeps the peak of the
+    process that forked it, so a child of a large parent, e.g. pytest, would report the parent's size.)"""
+    try:
+        return _status_mib("VmHWM")
+    except OSError:  # no /proc: ru_maxrss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
@@ -62,7 +75,7 @@ def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         tensors = peak  # CUDA counts tensors only
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _peak_rss_mib()
         tensors = peak - runtime
     return {"case": case, "accumulate": k, "batch": batch, "device": str(device), "peak_mib": peak,
             "tensors_mib": tensors, "before_mib": before, "step_mib": peak - before}
