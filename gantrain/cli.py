@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -157,6 +158,7 @@ def main() -> None:
         if env_rank() > 0 and _start is not None:
             _start.record_dir = None  # rank 0's record, not this rank's to remove
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    ctrl_c = _note_ctrl_c()
     try:
         _hydra_main()
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (decoding a folder, ...): no traceback
@@ -164,6 +166,10 @@ def main() -> None:
 
         stopped("gantrain")
     except Exception as e:  # anything not explained is re-raised with its traceback
+        if ctrl_c and not isinstance(e, UserError):  # a Ctrl-C that a library's clean-up turned into another
+            from gantrain.interrupts import stopped  # error (seen: omegaconf's, mid-composition)
+
+            stopped("gantrain")
         message = None if user_full_error == "1" else explain(e, job_started=_job_started)
         if message is None:
             raise
@@ -176,6 +182,19 @@ def main() -> None:
             os.environ["HYDRA_FULL_ERROR"] = user_full_error
         if _sweep:
             print(runs.sweep_summary(_sweep["dir"], _sweep["finished"]), flush=True)
+
+
+def _note_ctrl_c() -> list:
+    """Python's Ctrl-C handler, which also notes that it ran (in the returned list): the training loop installs
+    its own; before it, a KeyboardInterrupt raised inside a library can come out as another exception."""
+    seen: list = []
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        def handler(signum, frame):
+            seen.append(signum)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, handler)
+    return seen
 
 
 # ------------------------------------------------------------------------ Hydra errors in one sentence
