@@ -131,6 +131,13 @@ def measure_loop(overrides: list[str], out: Path, steps: int) -> float:
     return sum(images) / sum(n / b.value for n, (a, b) in zip(images, pairs))
 
 
+def image_shape(cfg) -> tuple[int, int, int]:
+    """The (C, H, W) a case's model sees, from its config alone (for tools that feed random batches)."""
+    padded = cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist")
+    res = 32 if padded else cfg.data.get("resolution") or 28
+    return (cfg.data.get("channels") or 1, res, res)
+
+
 def ceiling_setup(cfg, device):
     from gantrain.data import build_dataset
 

@@ -25,14 +25,12 @@ DEFAULT_VARIANTS = ["contiguous:trainer.channels_last=false", "channels_last:tra
 def build(case: str, overrides: list[str], batch: int):
     """The case's networks and a random batch of its image shape, on the CPU."""
     from gantrain.cli import compose
-    from gantrain.tools.bench import CASES, Networks
+    from gantrain.tools.bench import CASES, Networks, image_shape
 
     model, data = CASES[case]
     cfg = compose([*model, *data, f"data.batch_size={batch}", "metrics.enabled=false", "trainer.device=cpu",
                    *overrides])
-    res = 32 if cfg.model.get("pad_to_power_of_two") and cfg.data.name in ("mnist", "fashion_mnist") else None
-    res = res or cfg.data.get("resolution") or 28
-    shape = (cfg.data.get("channels") or 1, res, res)
+    shape = image_shape(cfg)
     torch.manual_seed(0)
     return Networks(cfg, shape, torch.device("cpu")), torch.rand(batch, *shape) * 2 - 1
 

@@ -49,15 +49,14 @@ def _peak_rss_mib() -> float:
 def child(case: str, k: int, batch: int, device_name: str, steps: int) -> dict:
     from gantrain.cli import compose
     from gantrain.runtime import configure_backends, select_device
-    from gantrain.tools.bench import CASES, Networks
+    from gantrain.tools.bench import CASES, Networks, image_shape
 
     device = select_device(device_name)
     configure_backends(device, deterministic=False)
     model, data = CASES[case]
     cfg = compose([*model, *data, f"data.batch_size={batch}", f"trainer.accumulate={k}", "metrics.enabled=false",
                    f"trainer.device={device_name}"])
-    res = cfg.data.get("resolution") or 32
-    shape = (cfg.data.get("channels") or 1, res, res)
+    shape = image_shape(cfg)
     runtime = _rss_mib()  # the Python/torch runtime, before any of the case's tensors exist
     torch.manual_seed(0)
     nets = Networks(cfg, shape, device)
